@@ -1,0 +1,57 @@
+# crucible: the two set-up commands are `make demo` and `make test`; both create .venv if it is
+# missing, install the package with its build tools, and (re)build the compiled extension.
+#   make demo        the main job on the bundled sample (for now: the fused-optimizer profile)
+#   make test        the test suite
+#   make bench       every benchmark in bench/, then regenerate the README's tables
+#   make cuda-check  compile every CUDA source against torch 2.14.1 (cu130) + nvcc: a compile, not a run
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+TORCH_CPU ?= torch==2.13.0
+CUDA_VENV ?= .venv-cuda
+TORCH_CUDA ?= torch==2.14.1
+CUDA_HOME ?= /usr/local/cuda
+CUDA_ARCHS ?= 80;90
+BUILD_TOOLS := "scikit-build-core>=0.10" "pybind11>=2.12" "ninja>=1.11" "cmake>=3.26"
+SOURCES := $(shell find csrc -type f) CMakeLists.txt pyproject.toml
+
+.PHONY: venv build demo test bench cuda-check clean
+
+# Torch first and pinned, so no later requirement can pull a different build.
+$(VENV)/.deps:
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q $(TORCH_CPU) $(BUILD_TOOLS)
+	touch $@
+
+$(VENV)/.built: $(VENV)/.deps $(SOURCES)
+	$(PY) -m pip install -q --no-build-isolation -e ".[train,dev]"
+	touch $@
+
+venv: $(VENV)/.deps
+build: $(VENV)/.built
+
+demo: build
+	$(VENV)/bin/crucible profile optim --quick
+
+test: build
+	$(PY) -m pytest -q
+
+bench: build
+	$(PY) bench/run_all.py $(BENCH_ARGS)
+
+$(CUDA_VENV)/.deps:
+	$(PYTHON) -m venv $(CUDA_VENV)
+	$(CUDA_VENV)/bin/python -m pip install -q $(TORCH_CUDA) $(BUILD_TOOLS)
+	touch $@
+
+cuda-check: $(CUDA_VENV)/.deps
+	PATH="$(CUDA_HOME)/bin:$$PATH" $(CUDA_VENV)/bin/cmake -S . -B build/cuda-check -G Ninja \
+	  -DPython_EXECUTABLE="$(abspath $(CUDA_VENV))/bin/python" \
+	  -DCMAKE_MAKE_PROGRAM="$(abspath $(CUDA_VENV))/bin/ninja" \
+	  -DCMAKE_CUDA_COMPILER="$(CUDA_HOME)/bin/nvcc" \
+	  -DCRUCIBLE_CUDA=ON -DCRUCIBLE_CUDA_ARCHS="$(CUDA_ARCHS)"
+	PATH="$(CUDA_HOME)/bin:$$PATH" $(CUDA_VENV)/bin/cmake --build build/cuda-check
+	@echo "cuda-check: every CUDA source compiled and linked against $(TORCH_CUDA) for sm_$(CUDA_ARCHS)"
+
+clean:
+	rm -rf build $(VENV)/.built

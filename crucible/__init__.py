@@ -1,0 +1,2 @@
+"""crucible: raw text to an aligned language model."""
+__version__ = "0.1.0"

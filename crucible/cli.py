@@ -1,0 +1,83 @@
+"""The ``crucible`` command: one entry point, one subcommand per capability.
+
+Subcommands import their heavy dependencies lazily, so ``crucible --help`` and the curation
+commands never import torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from crucible import __version__
+
+
+def _add_profile(subparsers: argparse._SubParsersAction) -> None:
+    profile = subparsers.add_parser(
+        "profile", help="time crucible's hot paths against the PyTorch implementations",
+        description="Time crucible's hot paths against the implementations a user would "
+                    "otherwise pick, in the same run, and print the ratios.")
+    targets = profile.add_subparsers(dest="target", metavar="TARGET", required=True)
+    optim = targets.add_parser(
+        "optim", help="FusedAdamW vs torch.optim.AdamW (foreach, fused, with clipping)",
+        description="Time one optimizer step of FusedAdamW against torch.optim.AdamW "
+                    "(foreach=True and fused=True), and FusedAdamW(max_grad_norm) against "
+                    "clip_grad_norm_ + AdamW(fused=True), over Llama-shaped parameter lists. "
+                    "Prints ms/step, GB/s and the share of measured copy bandwidth.")
+    optim.add_argument("--quick", action="store_true",
+                       help="two small model sizes and few repeats (well under two minutes)")
+    optim.add_argument("--models", nargs="+", metavar="SIZE",
+                       help="model sizes to profile: tiny, small, base "
+                            "(default: tiny small with --quick, all three otherwise)")
+    optim.add_argument("--threads", type=int, default=None,
+                       help="torch intra-op threads (default: torch's default, one per core)")
+    optim.add_argument("--json", metavar="PATH", default=None,
+                       help="also write the results in the bench/results JSON format to PATH")
+    optim.set_defaults(func=_run_profile_optim)
+
+
+def _run_profile_optim(args: argparse.Namespace) -> int:
+    import torch
+
+    from crucible.benchmarking import machine_info, print_table, write_results
+    from engine.profiling.optim import run
+
+    if args.threads is not None:
+        if args.threads < 1:
+            raise SystemExit(f"crucible profile optim: --threads must be >= 1 (got {args.threads})")
+        torch.set_num_threads(args.threads)
+    rows, copy_gbps = run(quick=args.quick, models=args.models,
+                          progress=lambda msg: print(f"[profile optim] {msg}", file=sys.stderr))
+    machine = machine_info()
+    print_table(f"optimizer step on {machine['cpu']} ({torch.get_num_threads()} threads, "
+                f"copy bandwidth {copy_gbps:.1f} GB/s)", rows, ("ours_gbps", "pct_copy_bw"))
+    if args.json:
+        from pathlib import Path
+
+        path = Path(args.json)
+        write_results(path.stem, {**machine, "copy_gbps": round(copy_gbps, 2)}, rows, path.parent)
+        print(f"wrote {path}", file=sys.stderr)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``crucible`` command (exposed for docs and tests)."""
+    parser = argparse.ArgumentParser(
+        prog="crucible",
+        description="crucible: raw text to an aligned language model. Curate Parquet shards, "
+                    "train with compiled kernels, and run the SFT/alignment stages.")
+    parser.add_argument("--version", action="version", version=f"crucible {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    _add_profile(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Runs the ``crucible`` command line; returns the process exit code."""
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

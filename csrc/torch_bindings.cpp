@@ -1,0 +1,43 @@
+// Every op schema of crucible's torch extension, in one TORCH_LIBRARY, with the CPU and CUDA
+// implementations registered side by side. Python loads this as `engine._C`; the module itself
+// exports nothing: importing it runs the registrations below, after which the ops live under
+// torch.ops.crucible.*. engine/ops/ holds the typed Python wrappers and fake (meta) kernels.
+#include <Python.h>
+
+#include <torch/library.h>
+
+#include "optim/fused_adamw.h"
+
+TORCH_LIBRARY(crucible, m) {
+  // One fused AdamW step over lists of tensors (see csrc/optim/fused_adamw.h). Mutates params,
+  // the moment buffers, max_exp_avg_sqs (amsgrad) and master_params (fp32 copies of bf16
+  // params) in place. grad_scale multiplies every gradient (the folded clip coefficient).
+  m.def(
+      "fused_adamw_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avgs, "
+      "Tensor(c!)[] exp_avg_sqs, Tensor(d!)[] max_exp_avg_sqs, Tensor(e!)[] master_params, "
+      "Tensor(f!)[] state_steps, float lr, float beta1, float beta2, float weight_decay, "
+      "float eps, bool amsgrad, bool maximize, Tensor? grad_scale) -> ()");
+  // Global L2 norm of a list of tensors as a 0-dim float32 tensor, in one reduction pass.
+  m.def("total_norm(Tensor[] tensors) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(crucible, CPU, m) {
+  m.impl("fused_adamw_", &crucible::optim::fused_adamw_cpu);
+  m.impl("total_norm", &crucible::optim::total_norm_cpu);
+}
+
+#ifdef CRUCIBLE_WITH_CUDA
+TORCH_LIBRARY_IMPL(crucible, CUDA, m) {
+  m.impl("fused_adamw_", &crucible::optim::fused_adamw_cuda);
+  m.impl("total_norm", &crucible::optim::total_norm_cuda);
+}
+#endif
+
+// A Python extension module with no functions: `import engine._C` loads the library.
+extern "C" PyObject* PyInit__C() {
+  static PyModuleDef module = {
+      PyModuleDef_HEAD_INIT, "_C",
+      "crucible's compiled torch ops (registered under torch.ops.crucible)",
+      -1, nullptr, nullptr, nullptr, nullptr, nullptr};
+  return PyModule_Create(&module);
+}

@@ -1,0 +1,15 @@
+"""Typed Python wrappers over crucible's compiled ops, with fake kernels and plain references.
+
+Each op module holds three things side by side: the wrapper that calls ``torch.ops.crucible.*``,
+its fake (meta) kernel so ``torch.compile`` traces through it, and a pure-PyTorch reference the
+tests compare against.
+"""
+
+from engine.ops.fused_adamw import (
+    fused_adamw_,
+    fused_adamw_reference_,
+    total_norm,
+    total_norm_reference,
+)
+
+__all__ = ["fused_adamw_", "fused_adamw_reference_", "total_norm", "total_norm_reference"]
