@@ -21,6 +21,17 @@ def _machine_line(machine: dict) -> str:
     return ", ".join(parts)
 
 
+COLUMN_NAMES = {"ours_gbps": "ours GB/s", "pct_copy_bw": "% of copy bandwidth"}
+
+
+def _num(value: float) -> str:
+    """Three significant digits, no exponent for the ranges benchmarks produce."""
+    if value == 0 or abs(value) >= 100:
+        return f"{value:.0f}"
+    digits = max(0, 2 - int(f"{abs(value):e}".split("e")[1]))
+    return f"{value:.{digits}f}"
+
+
 def render(results_dir: Path) -> str:
     """Markdown for every results file: a heading, the machine, and one row per result."""
     blocks = []
@@ -28,13 +39,14 @@ def render(results_dir: Path) -> str:
         data = json.loads(path.read_text())
         rows = data["results"]
         extra = [k for k in ("ours_gbps", "pct_copy_bw") if any(k in r for r in rows)]
-        header = ["case", "metric", "ours", "reference", "reference value", "ratio", *extra]
+        header = ["case", "metric", "ours", "reference", "reference value", "ratio",
+                  *(COLUMN_NAMES.get(k, k) for k in extra)]
         lines = [f"### `{data['bench']}`", "", _machine_line(data["machine"]), "",
                  "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         for r in rows:
-            cells = [r["case"], r["metric"], f"{r['ours']:g}", r["reference"],
-                     f"{r['reference_value']:g}", f"**{r['ratio']:.2f}×**",
-                     *(f"{r.get(k, ''):g}" if k in r else "" for k in extra)]
+            cells = [r["case"], r["metric"], _num(r["ours"]), r["reference"],
+                     _num(r["reference_value"]), f"**{r['ratio']:.2f}×**",
+                     *(_num(r[k]) if k in r else "" for k in extra)]
             lines.append("| " + " | ".join(cells) + " |")
         blocks.append("\n".join(lines))
     return "\n\n".join(blocks) if blocks else "_no benchmark results yet: run `make bench`_"

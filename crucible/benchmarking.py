@@ -97,7 +97,10 @@ def print_table(title: str, rows: list[dict[str, Any]],
         table.add_column(h, justify="left" if h in ("case", "metric", "reference") else "right")
     for line in cells:
         table.add_row(*line)
-    Console().print(table)
+    console = Console()
+    if not console.is_terminal:  # logs and pipes: do not squeeze the table into 80 columns
+        console = Console(width=200)
+    console.print(table)
 
 
 def _fmt(value: Any) -> str:

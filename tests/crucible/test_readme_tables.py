@@ -25,7 +25,7 @@ def test_tables_are_rendered_between_the_markers(tmp_path):
     readme_tables.update_readme(readme, readme_tables.render(results))
     text = readme.read_text()
     assert "old" not in text and text.startswith("intro") and text.endswith("outro\n")
-    assert "| adamw x | ms/step | 1 | torch | 2.5 | **2.50×** |" in text
+    assert "| adamw x | ms/step | 1.00 | torch | 2.50 | **2.50×** |" in text
     assert "Test CPU (2 cores)" in text
 
 
@@ -34,3 +34,9 @@ def test_missing_markers_is_an_error(tmp_path):
     readme.write_text("no markers")
     with pytest.raises(SystemExit, match="markers"):
         readme_tables.update_readme(readme, "x")
+
+
+@pytest.mark.parametrize("value,text", [(0.40851, "0.409"), (8.0249, "8.02"), (45.9, "45.9"),
+                                        (397.8, "398"), (0.0, "0")])
+def test_numbers_have_three_significant_digits(value, text):
+    assert readme_tables._num(value) == text
