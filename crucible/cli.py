@@ -61,6 +61,71 @@ def _run_profile_optim(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_curate(subparsers: argparse._SubParsersAction) -> None:
+    curate = subparsers.add_parser(
+        "curate", help="run a curation job over Parquet shards",
+        description="Read raw Parquet shards, run a pipeline of curation steps over Arrow "
+                    "record batches, and write curated shards, rejected rows with reasons "
+                    "(rejected/<step>/), manifest.json, stats.json and report.html into the "
+                    "output directory. Without --config the default pipeline runs (normalize, "
+                    "exact dedup, language ID, Gopher/C4/FineWeb quality rules, PII scrubbing).",
+        epilog="Exit status: 0 when every shard finished, 1 when some were quarantined (their "
+               "reasons are printed and kept in manifest.json; fix and rerun with --resume), "
+               "2 for a bad config or command line.")
+    curate.add_argument("--config", metavar="FILE", help="job YAML (input, output, executor, "
+                        "pipeline, preset); see curation/config.py for every key")
+    curate.add_argument("--preset", choices=["default", "fineweb", "gopher", "c4"],
+                        help="published rule set to use when the config has no pipeline")
+    curate.add_argument("--input", nargs="+", metavar="PATH",
+                        help="Parquet files, folders or globs (override input.paths)")
+    curate.add_argument("--output", metavar="DIR", help="output directory (override output.dir)")
+    curate.add_argument("--executor", choices=["local", "ray"],
+                        help="local worker processes (default) or a Ray cluster")
+    curate.add_argument("--workers", type=int, metavar="N",
+                        help="parallel shard tasks (default: one per core)")
+    curate.add_argument("--ray-address", metavar="ADDR",
+                        help="Ray cluster address: auto, or host:port (default: start a local "
+                             "Ray instance)")
+    curate.add_argument("--resume", action="store_true",
+                        help="finish the job recorded in the output directory's manifest.json "
+                             "(done shards are skipped, everything else is redone)")
+    curate.add_argument("--no-progress", action="store_true", help="no progress bars")
+    curate.set_defaults(func=_run_curate)
+
+
+def _run_curate(args: argparse.Namespace) -> int:
+    from curation.config import load_config
+    from curation.job import JobError, run_job
+
+    try:
+        config = load_config(args.config, inputs=args.input, output=args.output,
+                             executor=args.executor, workers=args.workers,
+                             ray_address=args.ray_address, preset=args.preset)
+        summary = run_job(config, resume=args.resume, show_progress=not args.no_progress)
+    except (ValueError, FileNotFoundError, JobError) as exc:
+        print(f"crucible curate: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"crucible curate: cannot write the output ({exc}); choose a writable --output",
+              file=sys.stderr)
+        return 2
+    out = summary.out_dir
+    print(f"crucible curate: {summary.rows_in:,} rows in, {summary.rows_kept:,} kept, "
+          f"{summary.rows_rejected:,} rejected, {summary.shards_done} shards done in "
+          f"{summary.seconds:.1f}s")
+    print(f"  curated shards: {out}/")
+    print(f"  rejected rows:  {out / 'rejected'}/")
+    print(f"  report:         {out / 'report.html'}")
+    if not summary.ok:
+        print(f"crucible curate: {len(summary.quarantined)} shard(s) quarantined:",
+              file=sys.stderr)
+        for shard, reason in summary.quarantined.items():
+            print(f"  {shard}: {reason.strip()}", file=sys.stderr)
+        print("  fix the inputs and rerun with --resume to finish the job", file=sys.stderr)
+        return 1
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``crucible`` command (exposed for docs and tests)."""
     parser = argparse.ArgumentParser(
@@ -69,6 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "train with compiled kernels, and run the SFT/alignment stages.")
     parser.add_argument("--version", action="version", version=f"crucible {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    _add_curate(subparsers)
     _add_profile(subparsers)
     return parser
 

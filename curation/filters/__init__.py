@@ -1,0 +1,1 @@
+"""Filter steps: each module defines Filter subclasses and registers them on import."""

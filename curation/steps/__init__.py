@@ -1,0 +1,1 @@
+"""General-purpose steps: text normalisation and exact deduplication."""
