@@ -1,6 +1,6 @@
 # crucible: the two set-up commands are `make demo` and `make test`; both create .venv if it is
 # missing, install the package with its build tools, and (re)build the compiled extension.
-#   make demo        the main job on the bundled sample (for now: the fused-optimizer profile)
+#   make demo        the main job: `crucible curate` on the bundled sample (data/sample/raw)
 #   make test        the test suite
 #   make bench       every benchmark in bench/, then regenerate the README's tables
 #   make cuda-check  compile every CUDA source against torch 2.14.1 (cu130) + nvcc: a compile, not a run
@@ -31,13 +31,24 @@ $(VENV)/.built: $(VENV)/.deps $(SOURCES)
 venv: $(VENV)/.deps
 build: $(VENV)/.built
 
+DEMO_OUT ?= out/demo
+
 demo: build
-	$(VENV)/bin/crucible profile optim --quick
+	rm -rf $(DEMO_OUT)
+	$(VENV)/bin/crucible curate --input data/sample/raw --output $(DEMO_OUT)
 
 test: build
 	$(PY) -m pytest -q
 
-bench: build
+# The bench environment holds the reference tools we compare against (datatrove), never
+# installed into the product's environment.
+BENCH_VENV ?= .venv-bench
+$(BENCH_VENV)/.deps:
+	$(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/python -m pip install -q "datatrove[processing]==0.10.1" orjson spacy pyarrow
+	touch $@
+
+bench: build $(BENCH_VENV)/.deps
 	$(PY) bench/run_all.py $(BENCH_ARGS)
 
 $(CUDA_VENV)/.deps:

@@ -67,7 +67,7 @@ SCHEMA = pa.schema([
     ("text", pa.string()),
     ("source", pa.string()),
     ("url", pa.string()),
-    ("lang", pa.string()),
+    ("source_lang", pa.string()),  # not "lang": curation's language_id writes that column
     ("dup_of", pa.string()),
     ("dup_kind", pa.string()),
     ("pii_spans", pa.list_(PII_SPAN)),
@@ -383,7 +383,8 @@ def write_shards(shards: list[list[Doc]], raw_dir: Path) -> list[Path]:
     raw_dir.mkdir(parents=True, exist_ok=True)
     paths = []
     for k, shard in enumerate(shards):
-        columns = {f: [getattr(d, f) for d in shard] for f in SCHEMA.names}
+        columns = {f: [getattr(d, "lang" if f == "source_lang" else f) for d in shard]
+                   for f in SCHEMA.names}
         columns["pii_spans"] = [None if s is None else [{"entity_type": t, "start": a, "end": b} for t, a, b in s]
                                 for s in columns["pii_spans"]]
         table = pa.table(columns, schema=SCHEMA)

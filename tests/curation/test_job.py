@@ -120,9 +120,11 @@ def test_resume_skips_finished_shards_and_redoes_the_rest(raw_dir, tmp_path):
     assert {p: os.stat(p).st_mtime_ns for p in kept_mtime} == kept_mtime
 
 
-@pytest.mark.parametrize("kill_after", [0.6, 1.5, 2.6])
-def test_kill_9_at_any_moment_then_resume_loses_and_duplicates_nothing(tmp_path, kill_after):
-    raw = tmp_path / "raw"
+@pytest.fixture(scope="module")
+def slow_job(tmp_path_factory):
+    """Eight shards through a deliberately slow two-segment job, and its clean output."""
+    tmp = tmp_path_factory.mktemp("slow_job")
+    raw = tmp / "raw"
     for i in range(8):
         write_shard(raw / f"s{i}.parquet",
                     [f"{PROSE} Document {i}-{j}." for j in range(30)] + [PROSE],
@@ -131,12 +133,19 @@ def test_kill_9_at_any_moment_then_resume_loses_and_duplicates_nothing(tmp_path,
                 {"step": "exact_dedup"}, {"step": "test_slow", "seconds_per_batch": 0.15}]
     config = {"input": {"paths": [str(raw)], "batch_size": 10}, "executor": {"workers": 1},
               "pipeline": pipeline, "plugins": ["plugin_steps"]}
-    (tmp_path / "job.yaml").write_text(yaml.safe_dump(config))
-    clean, crashed = tmp_path / "clean", tmp_path / "crashed"
+    (tmp / "job.yaml").write_text(yaml.safe_dump(config))
     env = {**os.environ, "PYTHONPATH": f"{HERE}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    cmd = [sys.executable, "-m", "crucible.cli", "curate", "--config", str(tmp_path / "job.yaml"),
+    cmd = [sys.executable, "-m", "crucible.cli", "curate", "--config", str(tmp / "job.yaml"),
            "--no-progress", "--output"]
-    subprocess.run(cmd + [str(clean)], check=True, env=env, capture_output=True)
+    subprocess.run(cmd + [str(tmp / "clean")], check=True, env=env, capture_output=True)
+    return cmd, env, tmp / "clean"
+
+
+@pytest.mark.parametrize("kill_after", [0.5, 1.4, 2.5])
+def test_kill_9_at_any_moment_then_resume_loses_and_duplicates_nothing(slow_job, tmp_path,
+                                                                       kill_after):
+    cmd, env, clean = slow_job
+    crashed = tmp_path / "crashed"
     proc = subprocess.Popen(cmd + [str(crashed)], env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     time.sleep(kill_after)
