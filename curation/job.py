@@ -110,7 +110,8 @@ def run_job(config: JobConfig, *, resume: bool = False, show_progress: bool = Tr
             tasks = _segment_tasks(config, manifest, out_dir, seg_index, segments, inputs, keys,
                                    writer)
             progress.start_segment(seg_index, [t.shard for t in tasks],
-                                   {t.shard: rows_total.get(t.shard, 0) for t in tasks})
+                                   {t.shard: _rows_entering(manifest, seg_index, t.shard,
+                                                            rows_total) for t in tasks})
 
             def on_result(result: ShardResult, seg_index: int = seg_index) -> None:
                 manifest.record(seg_index, asdict(result))
@@ -146,6 +147,15 @@ def run_job(config: JobConfig, *, resume: bool = False, show_progress: bool = Tr
         shutil.rmtree(out_dir / WORK)
     summary.seconds = time.perf_counter() - start
     return summary
+
+
+def _rows_entering(manifest: Manifest, seg_index: int, shard: str,
+                   raw_rows: dict[str, int]) -> int:
+    """Rows a shard brings into a segment: its raw rows, or what the segment before kept."""
+    if seg_index == 0:
+        return raw_rows.get(shard, 0)
+    previous = manifest.shard_result(seg_index - 1, shard)
+    return previous["rows_out"] if previous else 0
 
 
 def _open_manifest(config: JobConfig, out_dir: Path, inputs: list[Path], keys: list[str],

@@ -65,7 +65,7 @@ def render_html(stats: dict[str, Any]) -> str:
     """The report page for ``stats`` (as written to stats.json)."""
     rows = stats["rows"]
     kept_pct = 100 * rows["kept"] / rows["in"] if rows["in"] else 0.0
-    waterfall = [("input", float(rows["in"]))] + [(s["step"], float(s["rows_out"]))
+    waterfall = [("raw rows", float(rows["in"]))] + [(s["step"], float(s["rows_out"]))
                                                   for s in stats["steps"]]
     step_table = "".join(
         f"<tr><td>{_esc(s['step'])}</td><td>{s['rows_in']:,}</td><td>{s['rows_out']:,}</td>"
