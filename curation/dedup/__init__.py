@@ -1,0 +1,1 @@
+"""Near-duplicate removal with MinHash LSH, and decontamination against evaluation sets."""
