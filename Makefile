@@ -45,7 +45,7 @@ test: build
 BENCH_VENV ?= .venv-bench
 $(BENCH_VENV)/.deps:
 	$(PYTHON) -m venv $(BENCH_VENV)
-	$(BENCH_VENV)/bin/python -m pip install -q "datatrove[processing]==0.10.1" orjson spacy pyarrow
+	$(BENCH_VENV)/bin/python -m pip install -q "datatrove[processing]==0.10.1" orjson spacy pyarrow rensa==0.5.0
 	touch $@
 
 bench: build $(BENCH_VENV)/.deps

@@ -22,7 +22,10 @@ def _machine_line(machine: dict) -> str:
 
 
 COLUMN_NAMES = {"ours_gbps": "ours GB/s", "pct_copy_bw": "% of copy bandwidth",
-                "ours_mb_s": "ours MB/s"}
+                "ours_mb_s": "ours MB/s", "docs_per_s": "docs/s",
+                "near_duplicates_removed": "near duplicates removed",
+                "peak_rss_driver_mb": "peak RSS driver (MB)",
+                "peak_rss_worker_mb": "peak RSS largest worker (MB)"}
 EXTRA_COLUMNS = tuple(COLUMN_NAMES)
 
 

@@ -7,10 +7,12 @@ import importlib
 BUILTIN_STEP_MODULES = (
     "curation.steps.normalize",
     "curation.steps.exact_dedup",
+    "curation.dedup.minhash_dedup",
     "curation.filters.language_id",
     "curation.filters.gopher",
     "curation.filters.c4",
     "curation.filters.fineweb",
+    "curation.filters.decontaminate",
     "curation.pii.scrub",
 )
 

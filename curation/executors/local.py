@@ -8,11 +8,15 @@ per-shard progress bars. With one worker, or one task, everything runs in-proces
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
 import queue
 import threading
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
 from curation.pipeline import ShardTask, run_shard
+
+
+_THREAD_VARS = ("CRUCIBLE_THREADS", "POLARS_MAX_THREADS", "OMP_NUM_THREADS")
 
 
 def _run_in_worker(task: ShardTask, progress_queue) -> object:
@@ -36,6 +40,23 @@ class LocalExecutor:
                 on_result(run_shard(task, on_progress))
             return
         ctx = mp.get_context("spawn")
+        workers = min(self.workers, len(tasks))
+        # Each worker gets its share of the cores for its own thread pools (Polars, Arrow,
+        # our kernels): spawned processes read these at start-up.
+        share = str(max(1, len(os.sched_getaffinity(0)) // workers))
+        saved = {k: os.environ.get(k) for k in _THREAD_VARS}
+        os.environ.update({k: share for k in _THREAD_VARS})
+        try:
+            self._run_pool(ctx, workers, tasks, on_result, on_progress)
+        finally:
+            for key, value in saved.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
+
+    def _run_pool(self, ctx, workers: int, tasks: list[ShardTask], on_result, on_progress
+                  ) -> None:
         with ctx.Manager() as manager:
             progress_queue = manager.Queue()
             stop = threading.Event()
@@ -51,8 +72,7 @@ class LocalExecutor:
             drainer = threading.Thread(target=drain, daemon=True)
             drainer.start()
             try:
-                with ProcessPoolExecutor(max_workers=min(self.workers, len(tasks)),
-                                         mp_context=ctx) as pool:
+                with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
                     pending = {pool.submit(_run_in_worker, t, progress_queue) for t in tasks}
                     while pending:
                         done, pending = wait(pending, return_when=FIRST_COMPLETED)
