@@ -68,7 +68,8 @@ def _add_curate(subparsers: argparse._SubParsersAction) -> None:
                     "record batches, and write curated shards, rejected rows with reasons "
                     "(rejected/<step>/), manifest.json, stats.json and report.html into the "
                     "output directory. Without --config the default pipeline runs (normalize, "
-                    "exact dedup, language ID, Gopher/C4/FineWeb quality rules, PII scrubbing).",
+                    "exact dedup, language ID, Gopher/C4/FineWeb quality rules, MinHash "
+                    "near-dedup, PII scrubbing).",
         epilog="Exit status: 0 when every shard finished, 1 when some were quarantined (their "
                "reasons are printed and kept in manifest.json; fix and rerun with --resume), "
                "2 for a bad config or command line.")

@@ -23,12 +23,12 @@ def _esc(value: Any) -> str:
     return html.escape(str(value))
 
 
-def _hbars(items: list[tuple[str, float]], color: str, width: int = 700,
+def _hbars(items: list[tuple[str, float]], color: str, width: int = 860,
            fmt=lambda v: f"{v:,.0f}") -> str:
     """Horizontal bar chart, one labelled bar per item."""
     if not items:
         return "<p><i>none</i></p>"
-    row, label_w = 20, 260
+    row, label_w = 20, 380
     top = max(v for _, v in items) or 1
     height = row * len(items) + 4
     parts = [f'<svg width="{width}" height="{height}" role="img">']
