@@ -4,7 +4,8 @@ Measures docs/s and MB/s of text for every step of the default pipeline on the b
 (each step fed the previous step's output, on one core: Arrow and Polars limited to one
 thread), then the whole job end to end (`crucible curate` with one worker: read, every step,
 dedup, write). In the same run, datatrove's equivalent pipeline (LanguageFilter,
-GopherRepetition, GopherQuality, C4Quality, FineWebQuality, PIIFormatter) runs on the same
+GopherRepetition, GopherQuality, C4Quality, FineWebQuality, PIIFormatter; our normalize,
+exact_dedup and minhash_dedup have no counterpart there, so ours does more work) runs on the same
 shards with one task, from the bench environment `.venv-bench` (`make bench` creates it);
 its per-step times come from datatrove's own stats. Writes bench/results/curation.json.
 
@@ -136,7 +137,7 @@ def main() -> int:
                                ref["docs"] / ref["seconds"], higher_is_better=True, **extra))
         else:
             rows.append({"case": f"{s['step']} ({s['docs']} docs, 1 core)", "metric": "docs/s",
-                         "ours": round(ours, 1), "reference": "(no datatrove equivalent)",
+                         "ours": round(ours, 1), "reference": "(not in the datatrove pipeline)",
                          "reference_value": None, "ratio": None, **extra})
     job_rate = job_docs / job_seconds
     if reference:

@@ -8,6 +8,11 @@ shingles, threshold 0.8) on all cores, and reports wall time, documents per seco
 peak resident memory of the driver and of the largest worker. Writes
 bench/results/dedup_scale.json. `--quick` uses 100k documents.
 
+Peak memory is each process's own high-water mark (``VmHWM``: the driver reads its own at exit,
+the workers' are sampled every 50 ms while they run). ``getrusage``'s ``ru_maxrss`` would not do:
+Linux carries it across ``fork`` + ``exec``, so the job would report the high-water mark of this
+script, which holds the whole corpus while it builds it, and every worker the driver's.
+
     python bench/dedup_scale.py [--quick] [--docs N]
 """
 
@@ -16,10 +21,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -64,6 +69,56 @@ def build_corpus(n_docs: int, out: Path, shards: int = 16, seed: int = 0) -> tup
     return n_docs, float(all_texts.str.len_bytes().sum()) / 1e6
 
 
+def peak_rss_mb(pid: int) -> int:
+    """The high-water mark of a process's resident memory (0 once it is gone)."""
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) // 1024
+    except OSError:
+        pass
+    return 0
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (children, their children, ...)."""
+    parent = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as stat:
+                    parent[int(entry)] = int(stat.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+    found, frontier = [], [pid]
+    while frontier:
+        children = [p for p, pp in parent.items() if pp in frontier]
+        found += children
+        frontier = children
+    return found
+
+
+def run_sampling_workers(cmd: list[str]) -> tuple[subprocess.CompletedProcess, int]:
+    """Runs ``cmd``; returns its result and the largest peak RSS (MB) of its descendants."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    worker_peak = 0
+    done = threading.Event()
+
+    def sample() -> None:
+        nonlocal worker_peak
+        while not done.wait(0.05):
+            for pid in descendants(proc.pid):
+                worker_peak = max(worker_peak, peak_rss_mb(pid))
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    stdout, stderr = proc.communicate()
+    done.set()
+    sampler.join()
+    return subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr), worker_peak
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="100k documents instead of 1M")
@@ -80,19 +135,19 @@ def main() -> int:
                   "pipeline": [{"step": "normalize"}, {"step": "minhash_dedup"}]}
         (tmp / "job.yaml").write_text(yaml.safe_dump(config))
         cmd = [sys.executable, "-c",
-               "import resource, sys, json; from crucible.cli import main; code = main(sys.argv[1:]);"
-               " print(json.dumps({'self': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,"
-               " 'children': resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss}),"
-               " file=sys.stderr); sys.exit(code)",
+               "import sys; from crucible.cli import main; code = main(sys.argv[1:]); "
+               "hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM:')]; "
+               "print('driver_peak_rss_mb', int(hwm[0].split()[1]) // 1024, file=sys.stderr); "
+               "sys.exit(code)",
                "curate", "--config", str(tmp / "job.yaml"), "--output", str(tmp / "out"),
                "--no-progress"]
         start = time.perf_counter()
-        proc = subprocess.run(cmd, capture_output=True, text=True)
+        proc, worker_rss = run_sampling_workers(cmd)
         wall = time.perf_counter() - start
         if proc.returncode != 0:
             print(proc.stdout, proc.stderr, file=sys.stderr)
             return 1
-        rss = json.loads(proc.stderr.strip().splitlines()[-1])
+        driver_rss = int(proc.stderr.strip().splitlines()[-1].split()[-1])
         stats = json.loads((tmp / "out" / "stats.json").read_text())
         removed = stats["reasons"].get("minhash_dedup:near_duplicate", 0)
     rows = [
@@ -100,8 +155,7 @@ def main() -> int:
                  f"{os.cpu_count()} cores", "metric": "wall s", "ours": round(wall, 1),
          "reference": "—", "reference_value": None, "ratio": None,
          "docs_per_s": round(docs / wall), "near_duplicates_removed": removed,
-         "peak_rss_driver_mb": round(rss["self"] / 1024),
-         "peak_rss_worker_mb": round(rss["children"] / 1024)},
+         "peak_rss_driver_mb": driver_rss, "peak_rss_worker_mb": worker_rss},
     ]
     machine = machine_info()
     print_table("end-to-end dedup", rows, ("docs_per_s", "near_duplicates_removed",

@@ -6,15 +6,33 @@ worker passes its output batches through :meth:`GlobalStep.collect`, which write
 calls :meth:`GlobalStep.plan` once, which turns the side data into per-shard decisions. Then
 the next segment runs the global step as an ordinary :class:`~curation.step.Filter` per shard,
 after :meth:`GlobalStep.begin_shard` loaded that shard's decisions.
+
+A plan whose work splits into independent tasks (MinHash: one per band of LSH buckets, or per
+sub-partition of a band's keys) hands them to ``run_tasks(fn, args)``, which the job's executor
+provides: it calls the module-level function ``fn(*a)`` for every tuple ``a`` of ``args``, in
+worker processes or Ray tasks, and yields the results in the order of ``args`` (so a plan that
+consumes them in that order does not depend on the executor or the worker count).
+:func:`run_in_process` is the plain version.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 
 from curation.step import Filter
+
+
+RunTasks = Callable[[Callable[..., Any], list[tuple]], Iterator[Any]]
+
+
+def run_in_process(fn: Callable[..., Any], args: Iterable[tuple]) -> Iterator[Any]:
+    """``run_tasks`` without workers: ``fn(*a)`` for every ``a``, one after another."""
+    for a in args:
+        yield fn(*a)
 
 
 class GlobalStep(Filter):
@@ -32,9 +50,11 @@ class GlobalStep(Filter):
         """Flushes the side data of the shard being collected (atomically)."""
         raise NotImplementedError
 
-    def plan(self, work_dir: Path, shards: list[str]) -> dict:
+    def plan(self, work_dir: Path, shards: list[str],
+             run_tasks: RunTasks = run_in_process) -> dict:
         """Driver side: decides for every shard from the collected side data; returns a
-        summary recorded in the manifest."""
+        summary recorded in the manifest. ``run_tasks`` fans independent pieces of the work
+        out to the job's workers (see the module docstring)."""
         raise NotImplementedError
 
     def begin_shard(self, work_dir: Path, shard: str) -> None:

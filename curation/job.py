@@ -21,7 +21,7 @@ from typing import Any
 
 from curation.config import JobConfig
 from curation.executors import make_executor
-from curation.global_step import GlobalStep
+from curation.global_step import GlobalStep, RunTasks
 from curation.io.input_check import InputCheckConfig
 from curation.io.reader import ColumnMap, discover_inputs, shard_rows
 from curation.manifest import MANIFEST, Manifest
@@ -106,7 +106,7 @@ def run_job(config: JobConfig, *, resume: bool = False, show_progress: bool = Tr
     with progress:
         for seg_index, steps in enumerate(segments):
             if seg_index > 0:
-                _ensure_plan(manifest, out_dir, seg_index, steps[0], keys)
+                _ensure_plan(manifest, out_dir, seg_index, steps[0], keys, executor.run_tasks)
             tasks = _segment_tasks(config, manifest, out_dir, seg_index, segments, inputs, keys,
                                    writer)
             progress.start_segment(seg_index, [t.shard for t in tasks],
@@ -216,9 +216,10 @@ def _segment_tasks(config: JobConfig, manifest: Manifest, out_dir: Path, seg_ind
 
 
 def _ensure_plan(manifest: Manifest, out_dir: Path, seg_index: int, spec: dict[str, Any],
-                 keys: list[str]) -> None:
+                 keys: list[str], run_tasks: RunTasks) -> None:
     """Runs the global step's plan over the shards done in the previous segment, unless a
-    plan over exactly those shards is already recorded."""
+    plan over exactly those shards is already recorded. ``run_tasks`` (the executor's) runs
+    the plan's tasks on the job's workers."""
     done = [k for k in keys if manifest.is_done(seg_index - 1, k)]
     recorded = manifest.data["plans"].get(str(seg_index))
     if recorded is not None and recorded["shards"] == done:
@@ -228,6 +229,6 @@ def _ensure_plan(manifest: Manifest, out_dir: Path, seg_index: int, spec: dict[s
     step = build_step(spec, f"global step {spec['step']!r}")
     assert isinstance(step, GlobalStep)
     print(f"[curate] planning {spec['step']} over {len(done)} shards", file=sys.stderr)
-    summary = step.plan(out_dir / WORK, done)
+    summary = step.plan(out_dir / WORK, done, run_tasks)
     manifest.data["plans"][str(seg_index)] = {"step": spec["step"], "shards": done, **summary}
     manifest.save()

@@ -8,8 +8,9 @@ Passes (see ``curation.global_step``):
    without any shingle are left out: an empty text is no one's near duplicate) and
    ``signatures/<shard>.parquet`` (``doc``, ``id``, ``signature``, plus ``priority`` and, with
    ``verify``, ``text``).
-2. plan (driver, :mod:`curation.dedup.minhash_plan`): candidate edges band by band, union-find,
-   optional exact-Jaccard verification, one survivor per cluster; writes
+2. plan (driver, :mod:`curation.dedup.minhash_plan`): candidate edges band by band (one task
+   per band, or per sub-partition of its keys within ``max_plan_memory_mb``, run on the job's
+   workers), union-find, optional exact-Jaccard verification, one survivor per cluster; writes
    ``decisions/<shard>.parquet`` and the survivors' signatures to ``<output>/dedup/minhash/``
    for later jobs' ``against``.
 3. filter (workers of this segment): drops non-survivors with reason
@@ -40,7 +41,7 @@ from curation.dedup.minhash import MinHasher
 from curation.dedup.minhash_plan import (BUCKET_SCHEMA, BUCKETS, DECISIONS, EMPTY_SIGNATURE,
                                          SIGNATURES, AtomicWriter, plan_minhash,
                                          signature_metadata, signature_schema)
-from curation.global_step import GlobalStep
+from curation.global_step import GlobalStep, RunTasks, run_in_process
 from curation.io.reader import ID, TEXT
 from curation.registry import register
 from curation.step import FilterResult
@@ -80,6 +81,11 @@ class MinHashDedupConfig:
     against: list[str] = field(default_factory=list)
     """Output directories of earlier jobs: their documents are never removed, ours are when
     they are near duplicates of them."""
+    max_plan_memory_mb: int = 1024
+    """Memory one piece of the plan may use, in the driver or in one worker: a band's keys are
+    grouped in as many sub-partitions as it takes to stay under it (~110 bytes per key), and
+    verification compares texts in chunks of this size. Beyond it the driver holds 8 bytes per
+    document and ~40 per cluster of near duplicates (see ``curation.dedup.minhash_plan``)."""
 
     def __post_init__(self) -> None:
         if not 0.0 < self.threshold <= 1.0:
@@ -98,6 +104,9 @@ class MinHashDedupConfig:
             if value is not None and not 1 <= value <= self.num_perm:
                 raise ValueError(f"{name} must be between 1 and num_perm={self.num_perm} "
                                  f"(got {value})")
+        if self.max_plan_memory_mb < 1:
+            raise ValueError(f"max_plan_memory_mb must be at least 1 (got "
+                             f"{self.max_plan_memory_mb})")
         if self.bands and self.rows and self.bands * self.rows > self.num_perm:
             raise ValueError(f"bands x rows = {self.bands} x {self.rows} needs "
                              f"{self.bands * self.rows} signature values; num_perm is "
@@ -181,13 +190,14 @@ class MinHashDedup(GlobalStep):
             writer.close()
 
     # -- plan (driver) ---------------------------------------------------------------------
-    def plan(self, work_dir: Path, shards: list[str]) -> dict:
+    def plan(self, work_dir: Path, shards: list[str],
+             run_tasks: RunTasks = run_in_process) -> dict:
         bands, rows, fp, fn = self.config.banding
         print(f"[{NAME}] threshold {self.config.threshold}: {bands} bands x {rows} rows, "
               f"false positive {fp:.3f}, false negative {fn:.3f}", file=sys.stderr)
         # The job driver hands us ``<output>/_work``; the saved signatures belong to the output.
         summary = plan_minhash(self.config, self.hasher, work_dir / NAME, shards,
-                               work_dir.parent / "dedup" / "minhash")
+                               work_dir.parent / "dedup" / "minhash", run_tasks)
         return {"bands": bands, "rows": rows, "false_positive": round(fp, 6),
                 "false_negative": round(fn, 6), **summary}
 

@@ -3,6 +3,9 @@
 Both call the same ``curation.pipeline.run_shard`` on the same tasks, so they produce
 byte-identical outputs. ``run(tasks, on_result, on_progress)`` reports each ShardResult as it
 completes (in completion order); the driver records it in the manifest.
+``run_tasks(fn, args)`` runs a global step's plan tasks on the same workers: ``fn(*a)`` for every
+tuple ``a`` (``fn`` a module-level function), results yielded in the order of ``args``
+(see ``curation.global_step``).
 """
 
 from __future__ import annotations

@@ -2,7 +2,8 @@
 
 Workers are started with ``spawn`` (Arrow and Polars keep thread pools that ``fork`` would copy
 in a broken state). Each worker reports rows read through a queue so the driver can draw
-per-shard progress bars. With one worker, or one task, everything runs in-process.
+per-shard progress bars. With one worker, or one task, everything runs in-process. A global
+step's plan tasks run in a pool of the same size (:meth:`LocalExecutor.run_tasks`).
 """
 
 from __future__ import annotations
@@ -11,8 +12,13 @@ import multiprocessing as mp
 import os
 import queue
 import threading
+from collections import deque
+from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from contextlib import contextmanager
+from typing import Any
 
+from curation.global_step import run_in_process
 from curation.pipeline import ShardTask, run_shard
 
 
@@ -24,6 +30,23 @@ def _run_in_worker(task: ShardTask, progress_queue) -> object:
         progress_queue.put((shard, rows))
 
     return run_shard(task, report)
+
+
+@contextmanager
+def _thread_share(workers: int) -> Iterator[None]:
+    """Gives each of ``workers`` processes spawned meanwhile its share of the cores for its own
+    thread pools (Polars, Arrow, our kernels): spawned processes read these at start-up."""
+    share = str(max(1, len(os.sched_getaffinity(0)) // workers))
+    saved = {k: os.environ.get(k) for k in _THREAD_VARS}
+    os.environ.update({k: share for k in _THREAD_VARS})
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 class LocalExecutor:
@@ -39,21 +62,30 @@ class LocalExecutor:
             for task in tasks:
                 on_result(run_shard(task, on_progress))
             return
-        ctx = mp.get_context("spawn")
         workers = min(self.workers, len(tasks))
-        # Each worker gets its share of the cores for its own thread pools (Polars, Arrow,
-        # our kernels): spawned processes read these at start-up.
-        share = str(max(1, len(os.sched_getaffinity(0)) // workers))
-        saved = {k: os.environ.get(k) for k in _THREAD_VARS}
-        os.environ.update({k: share for k in _THREAD_VARS})
+        with _thread_share(workers):
+            self._run_pool(mp.get_context("spawn"), workers, tasks, on_result, on_progress)
+
+    def run_tasks(self, fn: Callable[..., Any], args: list[tuple]) -> Iterator[Any]:
+        """``fn(*a)`` for every ``a`` in worker processes, results yielded in the order of
+        ``args``; at most twice ``workers`` tasks are submitted ahead of the one yielded."""
+        if self.workers == 1 or len(args) <= 1:
+            yield from run_in_process(fn, args)
+            return
+        workers = min(self.workers, len(args))
+        pool = ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"))
         try:
-            self._run_pool(ctx, workers, tasks, on_result, on_progress)
+            waiting = iter(args)
+            with _thread_share(workers):  # the pool starts its workers on the first submits
+                pending = deque(pool.submit(fn, *a) for _, a in zip(range(2 * workers), waiting))
+            while pending:
+                result = pending.popleft().result()
+                for a in waiting:
+                    pending.append(pool.submit(fn, *a))
+                    break
+                yield result
         finally:
-            for key, value in saved.items():
-                if value is None:
-                    os.environ.pop(key, None)
-                else:
-                    os.environ[key] = value
+            pool.shutdown(cancel_futures=True)
 
     def _run_pool(self, ctx, workers: int, tasks: list[ShardTask], on_result, on_progress
                   ) -> None:

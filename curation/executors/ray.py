@@ -3,13 +3,17 @@
 ``ray_address`` is passed to ``ray.init``: ``auto`` joins the cluster this machine belongs to,
 ``host:port`` a given head node, and None starts a private Ray instance on this machine. Every
 worker must see the input and output paths (a shared filesystem or object store mount), and on
-a cluster every node needs crucible (and any plugin modules) installed.
+a cluster every node needs crucible (and any plugin modules) installed. A global step's plan
+tasks run as Ray tasks too (:meth:`RayExecutor.run_tasks`).
 """
 
 from __future__ import annotations
 
 import os
 import sys
+from collections import deque
+from collections.abc import Callable, Iterator
+from typing import Any
 
 from curation.pipeline import ShardTask, run_shard
 
@@ -21,7 +25,8 @@ class RayExecutor:
         self.workers = max(1, workers)
         self.address = address
 
-    def run(self, tasks: list[ShardTask], on_result, on_progress) -> None:
+    def _ray(self):
+        """The ``ray`` module, initialised (joins the cluster or starts a private instance)."""
         try:
             import ray
         except ImportError as exc:
@@ -36,6 +41,10 @@ class RayExecutor:
                 kwargs["runtime_env"] = {"env_vars": {"PYTHONPATH": os.pathsep.join(
                     p for p in sys.path if p)}}
             ray.init(address=self.address, **kwargs)
+        return ray
+
+    def run(self, tasks: list[ShardTask], on_result, on_progress) -> None:
+        ray = self._ray()
         remote = ray.remote(num_cpus=1, max_retries=0)(run_shard)
         queue = list(tasks)
         in_flight = {}
@@ -49,3 +58,19 @@ class RayExecutor:
                 result = ray.get(ref)
                 on_progress(task.shard, result.rows_in)
                 on_result(result)
+
+    def run_tasks(self, fn: Callable[..., Any], args: list[tuple]) -> Iterator[Any]:
+        """``fn(*a)`` for every ``a`` as Ray tasks, results yielded in the order of ``args``;
+        at most twice ``workers`` tasks are submitted ahead of the one yielded."""
+        if not args:
+            return
+        ray = self._ray()
+        remote = ray.remote(num_cpus=1, max_retries=0)(fn)
+        waiting = iter(args)
+        pending = deque(remote.remote(*a) for _, a in zip(range(2 * self.workers), waiting))
+        while pending:
+            result = ray.get(pending.popleft())
+            for a in waiting:
+                pending.append(remote.remote(*a))
+                break
+            yield result

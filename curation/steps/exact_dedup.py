@@ -25,7 +25,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from curation.global_step import GlobalStep
+from curation.global_step import GlobalStep, RunTasks, run_in_process
 from curation.io.reader import ID, TEXT
 from curation.registry import register
 from curation.step import FilterResult
@@ -87,7 +87,9 @@ class ExactDedup(GlobalStep):
         os.replace(self._hash_tmp, self._hash_path)
 
     # -- plan (driver) ---------------------------------------------------------------------
-    def plan(self, work_dir: Path, shards: list[str]) -> dict:
+    def plan(self, work_dir: Path, shards: list[str],
+             run_tasks: RunTasks = run_in_process) -> dict:
+        # One grouping of all hashes: nothing to fan out, ``run_tasks`` is not needed.
         hashes = [work_dir / "exact_dedup" / "hashes" / f"{s}.parquet" for s in shards]
         out = work_dir / "exact_dedup" / "clusters"
         out.mkdir(parents=True, exist_ok=True)

@@ -106,6 +106,23 @@ def test_band_edges_link_bucket_members_to_the_smallest_doc(tmp_path):
     assert index.dense(np.concatenate([other, docs])).tolist() == list(range(7))
 
 
+def test_band_edges_of_key_sub_partitions_are_the_band_edges(tmp_path):
+    """Buckets never straddle ``key % parts`` sub-partitions: their edges together are the
+    band's, for any number of parts (the plan picks it from max_plan_memory_mb)."""
+    rng = np.random.default_rng(3)
+    files = []
+    for block in range(4):  # ~3 documents per key: buckets of every size, across files
+        keys = rng.integers(0, 2**64 - 1, 3000, dtype=np.uint64, endpoint=True) % np.uint64(4000)
+        keys = keys * np.uint64(0x9E3779B97F4A7C15)  # spread over 64 bits like real hashes
+        files.append(tmp_path / f"{block}.parquet")
+        pl.DataFrame({"key": keys, "doc": doc_numbers(block, 0, 3000)}).write_parquet(files[-1])
+    whole = sorted(zip(*(a.tolist() for a in band_edges(files))))
+    assert len(whole) > 5000
+    for parts in (2, 7):
+        split = [band_edges(files, parts, part) for part in range(parts)]
+        assert sorted(zip(*(np.concatenate(side).tolist() for side in zip(*split)))) == whole
+
+
 # --- the step in jobs -----------------------------------------------------------------------
 
 def run(raw: Path, out: Path, workers: int = 1, executor: str | None = None,
@@ -345,16 +362,65 @@ def test_russian_words_and_chinese_characters(tmp_path):
     assert docs["minhash_cluster"].null_count() == 4
 
 
-def test_output_is_byte_identical_across_workers_and_ray(near_dup_raw, tmp_path):
-    run(near_dup_raw, tmp_path / "one", workers=1, verify=True)
-    run(near_dup_raw, tmp_path / "two", workers=2, verify=True)
+def test_key_partitions_and_verify_chunks_give_the_same_output(tmp_path, monkeypatch):
+    """A plan that must fit in 1 MB (8 key sub-partitions per band, verification in chunks,
+    survivors reduced block by block, signatures saved 7 at a time) decides exactly as one
+    done in one piece."""
+    options = {"verify": True, "priority_column": "url"}
+    run(SAMPLE, tmp_path / "whole", **options)
+    # Key sizes as if every key took 4 KB: 1903 keys need 8 parts of 1 MB.
+    monkeypatch.setattr(minhash_plan, "GROUP_BYTES_PER_KEY", 4096)
+    monkeypatch.setattr(minhash_plan, "BATCH_ROWS", 7)
+    similar, chunks = minhash_plan._similar, []
+
+    def counting_similar(config, blocks, index, a, b):
+        chunks.append(len(a))
+        return similar(config, blocks, index, a, b)
+
+    monkeypatch.setattr(minhash_plan, "_similar", counting_similar)
+    run(SAMPLE, tmp_path / "split", max_plan_memory_mb=1, **options)
+    plans = [json.loads((tmp_path / out / "manifest.json").read_text())["plans"]["1"]
+             for out in ("whole", "split")]
+    assert (plans[0]["key_partitions"], plans[1]["key_partitions"]) == (1, 8)
+    assert len(chunks) >= 2 and sum(chunks) == plans[1]["candidate_pairs"]
+    for key in ("candidate_edges", "candidate_pairs", "verified_pairs", "clusters",
+                "duplicates"):
+        assert plans[0][key] == plans[1][key]
+    whole, split = digests(tmp_path / "whole"), digests(tmp_path / "split")
+    saved = [k for k in whole if k.startswith("dedup/")]  # same rows, other row groups
+    assert {k: v for k, v in whole.items() if k not in saved} == \
+        {k: v for k, v in split.items() if k not in saved}
+    for key in saved:
+        assert pl.read_parquet(tmp_path / "whole" / key).equals(
+            pl.read_parquet(tmp_path / "split" / key))
+
+
+def test_output_is_byte_identical_across_workers_and_ray(near_dup_raw, tmp_path, monkeypatch):
+    """The plan's band tasks (4 key sub-partitions each) run in the local pool and as Ray
+    tasks; the result is the one of the plan run in-process."""
+    from curation.executors.local import LocalExecutor
+    from curation.executors.ray import RayExecutor
+
+    monkeypatch.setattr(minhash_plan, "GROUP_BYTES_PER_KEY", 1 << 18)  # 13 keys: 4 parts
+    fanned_out = []
+    for executor in (LocalExecutor, RayExecutor):
+        def spy(self, fn, args, run_tasks=executor.run_tasks):
+            fanned_out.append((type(self).__name__, self.workers, fn.__name__, len(args)))
+            return run_tasks(self, fn, args)
+        monkeypatch.setattr(executor, "run_tasks", spy)
+    run(near_dup_raw, tmp_path / "one", workers=1, verify=True, max_plan_memory_mb=1)
+    run(near_dup_raw, tmp_path / "two", workers=2, verify=True, max_plan_memory_mb=1)
     one = digests(tmp_path / "one")
     assert one == digests(tmp_path / "two") and "dedup/minhash/b.parquet" in one
+    assert fanned_out == [("LocalExecutor", 1, "band_pairs", 14 * 4),
+                          ("LocalExecutor", 2, "band_pairs", 14 * 4)]
     ray = pytest.importorskip("ray")
     try:
-        run(near_dup_raw, tmp_path / "ray", workers=2, executor="ray", verify=True)
+        run(near_dup_raw, tmp_path / "ray", workers=2, executor="ray", verify=True,
+            max_plan_memory_mb=1)
     finally:
         ray.shutdown()
+    assert fanned_out[-1] == ("RayExecutor", 2, "band_pairs", 14 * 4)
     assert digests(tmp_path / "ray") == one
 
 
@@ -362,19 +428,20 @@ def test_resume_after_a_crash_in_the_middle_of_the_plan(near_dup_raw, tmp_path, 
     run(near_dup_raw, tmp_path / "clean", verify=True)
     write_atomic, calls = minhash_plan._write_atomic, []
 
-    def crash_on_third_file(table, path):
+    def crash_on_second_file(table, path):
         calls.append(path)
-        if len(calls) == 3:  # decisions of both shards written, saved signatures not yet
+        if len(calls) == 2:  # shard a's decisions and saved signatures written, b's not yet
             raise KeyboardInterrupt("killed")
         write_atomic(table, path)
 
-    monkeypatch.setattr(minhash_plan, "_write_atomic", crash_on_third_file)
+    monkeypatch.setattr(minhash_plan, "_write_atomic", crash_on_second_file)
     config = load_config(None, inputs=[str(near_dup_raw)], output=str(tmp_path / "crashed"),
                          workers=1)
     config.pipeline = [{"step": "normalize"}, {"step": "minhash_dedup", "verify": True}]
     with pytest.raises(KeyboardInterrupt):
         run_job(config, show_progress=False)
     assert (tmp_path / "crashed" / "_work" / "minhash_dedup" / "decisions" / "a.parquet").exists()
+    assert (tmp_path / "crashed" / "dedup" / "minhash" / "a.parquet").exists()
     assert json.loads((tmp_path / "crashed" / "manifest.json").read_text())["plans"] == {}
     monkeypatch.setattr(minhash_plan, "_write_atomic", write_atomic)
     summary = run_job(config, resume=True, show_progress=False)
