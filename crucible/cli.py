@@ -136,8 +136,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"crucible {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _add_curate(subparsers)
+    _add_quality(subparsers)
     _add_profile(subparsers)
     return parser
+
+
+def _add_quality(subparsers: argparse._SubParsersAction) -> None:
+    from curation.quality.cli import add_quality_parser
+
+    add_quality_parser(subparsers)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -19,7 +19,8 @@ def test_version(capsys):
 
 
 @pytest.mark.parametrize("argv", [["--help"], ["profile", "--help"],
-                                  ["profile", "optim", "--help"]])
+                                  ["profile", "optim", "--help"], ["curate", "--help"],
+                                  ["quality", "train", "--help"]])
 def test_every_subcommand_has_help(argv, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(argv)
