@@ -136,9 +136,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"crucible {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _add_curate(subparsers)
+    _add_lm(subparsers)
     _add_quality(subparsers)
     _add_profile(subparsers)
     return parser
+
+
+def _add_lm(subparsers: argparse._SubParsersAction) -> None:
+    from curation.lm.cli import add_lm_parser
+
+    add_lm_parser(subparsers)
 
 
 def _add_quality(subparsers: argparse._SubParsersAction) -> None:

@@ -13,6 +13,7 @@ BUILTIN_STEP_MODULES = (
     "curation.filters.c4",
     "curation.filters.fineweb",
     "curation.filters.decontaminate",
+    "curation.filters.perplexity",
     "curation.filters.quality",
     "curation.pii.scrub",
 )

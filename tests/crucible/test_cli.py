@@ -20,7 +20,8 @@ def test_version(capsys):
 
 @pytest.mark.parametrize("argv", [["--help"], ["profile", "--help"],
                                   ["profile", "optim", "--help"], ["curate", "--help"],
-                                  ["quality", "train", "--help"]])
+                                  ["quality", "train", "--help"], ["lm", "train", "--help"],
+                                  ["lm", "score", "--help"]])
 def test_every_subcommand_has_help(argv, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(argv)
