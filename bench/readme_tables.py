@@ -25,7 +25,8 @@ COLUMN_NAMES = {"ours_gbps": "ours GB/s", "pct_copy_bw": "% of copy bandwidth",
                 "ours_mb_s": "ours MB/s", "docs_per_s": "docs/s",
                 "near_duplicates_removed": "near duplicates removed",
                 "peak_rss_driver_mb": "peak RSS driver (MB)",
-                "peak_rss_worker_mb": "peak RSS largest worker (MB)"}
+                "peak_rss_worker_mb": "peak RSS largest worker (MB)",
+                "peak_rss_mb": "peak RSS (MB)"}
 EXTRA_COLUMNS = tuple(COLUMN_NAMES)
 
 
