@@ -32,10 +32,18 @@ venv: $(VENV)/.deps
 build: $(VENV)/.built
 
 DEMO_OUT ?= out/demo
+DEMO_MODELS := out/demo-models
 
+# Trains the small n-gram and quality models on the sample, then curates it with them.
 demo: build
-	rm -rf $(DEMO_OUT)
-	$(VENV)/bin/crucible curate --input data/sample/raw --output $(DEMO_OUT)
+	rm -rf $(DEMO_OUT) $(DEMO_MODELS)
+	$(PY) data/extract_reference.py $(DEMO_MODELS)
+	$(VENV)/bin/crucible lm train --input $(DEMO_MODELS)/reference.parquet --output $(DEMO_MODELS)/lm-en \
+	  --order 4 --reference $(DEMO_MODELS)/web.parquet 2>/dev/null
+	$(VENV)/bin/crucible quality train --positive $(DEMO_MODELS)/reference.parquet \
+	  --negative $(DEMO_MODELS)/web.parquet --output $(DEMO_MODELS)/quality \
+	  --epochs 25 --lr 0.5 --dim 64 --bucket 50000
+	$(VENV)/bin/crucible curate --config data/sample/demo.yaml --input data/sample/raw --output $(DEMO_OUT)
 
 test: build
 	$(PY) -m pytest -q

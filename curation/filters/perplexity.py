@@ -32,7 +32,8 @@ class PerplexityConfig:
 
     models: dict[str, str] = field(default_factory=dict)
     """Model directory per language label (``{"en": "models/en"}``), labels as written in
-    ``lang_column``."""
+    ``lang_column``. Empty: the step is disabled (rows pass through untouched), which is how
+    the default pipeline carries it until a model is trained."""
 
     lang_column: str = "lang"
     """Column holding each row's language (written by ``language_id``)."""
@@ -48,6 +49,9 @@ class PerplexityConfig:
         if stray:
             raise ValueError(f"keep_buckets has {', '.join(stray)}; valid buckets: "
                              f"{', '.join(BUCKETS)}")
+        if not self.models and (self.keep_buckets or self.max_perplexity is not None):
+            raise ValueError("keep_buckets/max_perplexity need models: train one with "
+                             "`crucible lm train --input FILES --output DIR`")
         if self.max_perplexity is not None and self.max_perplexity <= 0:
             raise ValueError(f"max_perplexity must be > 0 or None, got {self.max_perplexity}")
 
@@ -69,10 +73,6 @@ class Perplexity(Filter):
     def setup(self) -> None:
         from curation.lm.model import load_lm
 
-        if not self.config.models:
-            raise ValueError(f"step {self.name!r}: models must map at least one language to a "
-                             "model directory (train one with `crucible lm train --input FILES "
-                             "--output DIR`)")
         self._models = {lang: load_lm(path) for lang, path in self.config.models.items()}
 
     def __getstate__(self) -> dict[str, Any]:
@@ -83,6 +83,8 @@ class Perplexity(Filter):
 
     def decide(self, batch: pa.RecordBatch) -> FilterResult:
         """Scores each row with its language's model; rejects by bucket or threshold if set."""
+        if not self.config.models:  # disabled
+            return FilterResult(keep=np.ones(batch.num_rows, dtype=bool))
         if not self._models:
             raise RuntimeError(f"step {self.name!r}: setup() must run before decide() (iterating "
                                "the step over batches does it)")

@@ -65,7 +65,8 @@ class QualityClassifierConfig:
 
     model_path: str = ""
     """``model.bin`` written by ``crucible quality train``; its ``config.json`` must sit next to
-    it when ``keep_top_fraction`` is used."""
+    it when ``keep_top_fraction`` is used. Empty: the step is disabled (rows pass through
+    untouched), which is how the default pipeline carries it until a model is trained."""
 
     min_score: float | None = None
     """Keep rows whose ``quality`` is at least this, in [0, 1]."""
@@ -75,9 +76,10 @@ class QualityClassifierConfig:
     threshold is read from ``config.json`` at setup."""
 
     def __post_init__(self) -> None:
-        if not self.model_path:
-            raise ValueError(f"model_path is required: train a classifier with `{TRAIN_COMMAND}` "
-                             "and set model_path to DIR/model.bin")
+        if not self.model_path and (self.min_score is not None
+                                    or self.keep_top_fraction is not None):
+            raise ValueError(f"model_path is required to filter by quality: train a classifier "
+                             f"with `{TRAIN_COMMAND}` and set model_path to DIR/model.bin")
         if self.min_score is not None and self.keep_top_fraction is not None:
             raise ValueError("set min_score or keep_top_fraction, not both")
         if self.min_score is not None and not 0.0 <= self.min_score <= 1.0:
@@ -106,6 +108,8 @@ class QualityClassifier(Filter):
     def setup(self) -> None:
         """Loads the model and, for ``keep_top_fraction``, its threshold from ``config.json``."""
         path = self.config.model_path
+        if not path:
+            return  # disabled
         self._model = load_fasttext(
             path, step=self.name,
             how_to_get=f"train one with `{TRAIN_COMMAND}` and set model_path to DIR/model.bin")
@@ -132,6 +136,8 @@ class QualityClassifier(Filter):
 
     def decide(self, batch: pa.RecordBatch) -> FilterResult:
         """Scores every row with text; rejects rows under the threshold when one is set."""
+        if not self.config.model_path:
+            return FilterResult(keep=np.ones(batch.num_rows, dtype=bool))
         if self._model is None:
             raise RuntimeError(f"step {self.name!r}: setup() must run before decide() (iterating "
                                "the step over batches does it)")

@@ -306,3 +306,16 @@ def test_tables_match_the_reference_at_other_orders(order, corpus, sentences, en
         ours = sum(lm.log10_conditional(["<s>", *words[:i]], w)
                    for i, w in enumerate([*words, "</s>"]))
         assert ours == pytest.approx(ref.sentence_log10(words), rel=1e-9)
+
+
+def test_without_models_the_step_is_disabled():
+    import pyarrow as pa
+
+    from curation.filters.perplexity import Perplexity, PerplexityConfig
+
+    step = Perplexity(PerplexityConfig())
+    batch = pa.RecordBatch.from_pydict({"id": ["a"], "text": ["hello"], "lang": ["en"]})
+    out = pa.Table.from_batches(list(step(iter([batch]))))
+    assert out.column_names == ["id", "text", "lang"] and out.num_rows == 1
+    with pytest.raises(ValueError, match="need models"):
+        PerplexityConfig(max_perplexity=100.0)

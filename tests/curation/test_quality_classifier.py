@@ -174,7 +174,7 @@ def test_built_from_a_pipeline_entry(trained):
 
 def test_config_errors(tmp_path, trained):
     with pytest.raises(ValueError, match="model_path is required.*crucible quality train"):
-        QualityClassifierConfig()
+        QualityClassifierConfig(min_score=0.5)
     with pytest.raises(ValueError, match="not both"):
         QualityClassifierConfig(model_path="m.bin", min_score=0.5, keep_top_fraction=0.1)
     with pytest.raises(ValueError, match="keep_top_fraction must be in"):
@@ -227,3 +227,12 @@ def test_cli_trains_and_prints_metrics(tmp_path, corpus, capsys):
                               "--negative", str(corpus["negative"]), "--output", str(out)])
     assert args.func(args) == 2
     assert "none.txt" in capsys.readouterr().err
+
+
+def test_without_a_model_the_step_is_disabled():
+    import pyarrow as pa
+
+    step = QualityClassifier(QualityClassifierConfig())
+    batch = pa.RecordBatch.from_pydict({"id": ["a", "b"], "text": ["some text", ""]})
+    out = pa.Table.from_batches(list(step(iter([batch]))))
+    assert out.column_names == ["id", "text"] and out.num_rows == 2
