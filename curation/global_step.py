@@ -21,7 +21,9 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from curation.step import Filter
 
@@ -60,3 +62,41 @@ class GlobalStep(Filter):
     def begin_shard(self, work_dir: Path, shard: str) -> None:
         """Loads the decisions for one shard before its batches arrive."""
         raise NotImplementedError
+
+
+class RowDecisions:
+    """One shard's decisions from a plan, consumed batch by batch in row order.
+
+    ``rows`` (sorted) are the shard's rows that belong to a group of two or more; for each,
+    whether it is a duplicate to drop, its group id (the survivor's id) and the group size.
+    Rows not listed are singletons: kept, null group, size 1.
+    """
+
+    def __init__(self, rows: np.ndarray, is_duplicate: np.ndarray, cluster: pa.Array,
+                 size: np.ndarray | None = None) -> None:
+        self.rows, self.is_duplicate, self.cluster = rows, is_duplicate, cluster
+        self.size = size if size is not None else np.ones(len(rows), np.int32)
+        self.offset = 0
+
+    @classmethod
+    def none(cls) -> RowDecisions:
+        """A shard without duplicates."""
+        return cls(np.empty(0, np.int64), np.empty(0, bool), pa.array([], pa.string()))
+
+    def next_batch(self, n: int) -> tuple[np.ndarray, pa.Array, np.ndarray]:
+        """Keep mask, group id (null for singletons) and group size of the next ``n`` rows."""
+        lo, hi = self.offset, self.offset + n
+        self.offset = hi
+        start, stop = np.searchsorted(self.rows, [lo, hi])
+        local = self.rows[start:stop] - lo
+        keep = np.ones(n, bool)
+        keep[local[self.is_duplicate[start:stop]]] = False
+        size = np.ones(n, np.int32)
+        size[local] = self.size[start:stop]
+        if stop == start:
+            return keep, pa.nulls(n, pa.string()), size
+        index = np.full(n, -1, np.int64)
+        index[local] = np.arange(start, stop)
+        taken = self.cluster.take(pa.array(np.maximum(index, 0)))
+        cluster = pc.if_else(pa.array(index >= 0), taken, pa.scalar(None, pa.string()))
+        return keep, cluster, size

@@ -17,7 +17,7 @@ column names onto them. Options are a dataclass ``Config`` per step, built from 
 
 from __future__ import annotations
 
-import dataclasses
+import copy
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -92,6 +92,9 @@ class Step:
 
     name: ClassVar[str] = ""
     Config: ClassVar[type] = EmptyConfig
+    transient: ClassVar[dict[str, Any]] = {}
+    """Attributes that do not pickle (models loaded in ``setup``) and the value a pickled copy
+    gets instead; such a copy runs ``setup`` again in the worker that unpickles it."""
 
     def __init__(self, config: Any | None = None) -> None:
         self.config = config if config is not None else self.Config()
@@ -117,14 +120,12 @@ class Step:
             if out.num_rows:
                 yield out
 
-    def reset_counts(self) -> StepCounts:
-        """Returns the counts so far and starts new ones (one shard after another)."""
-        counts, self.counts = self.counts, StepCounts()
-        return counts
-
-    def describe(self) -> dict[str, Any]:
-        """The step's name and options, as recorded in manifests."""
-        return {"step": self.name, **dataclasses.asdict(self.config)}
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        if self.transient:
+            state.update({k: copy.copy(v) for k, v in self.transient.items()})
+            state["_ready"] = False
+        return state
 
 
 class Annotator(Step):

@@ -32,7 +32,6 @@ from typing import ClassVar
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from curation.dedup.clusters import doc_numbers
@@ -41,7 +40,7 @@ from curation.dedup.minhash import MinHasher
 from curation.dedup.minhash_plan import (BUCKET_SCHEMA, BUCKETS, DECISIONS, EMPTY_SIGNATURE,
                                          SIGNATURES, AtomicWriter, plan_minhash,
                                          signature_metadata, signature_schema)
-from curation.global_step import GlobalStep, RunTasks, run_in_process
+from curation.global_step import GlobalStep, RowDecisions, RunTasks, run_in_process
 from curation.io.reader import ID, TEXT
 from curation.registry import register
 from curation.step import FilterResult
@@ -204,28 +203,13 @@ class MinHashDedup(GlobalStep):
     # -- filter (worker, this segment) -----------------------------------------------------
     def begin_shard(self, work_dir: Path, shard: str) -> None:
         table = pq.read_table(work_dir / NAME / DECISIONS / f"{shard}.parquet")
-        self._offset = 0
-        self._rows = table.column("row").to_numpy()
-        self._is_dup = table.column("is_duplicate").to_numpy(zero_copy_only=False)
-        self._size = table.column("size").to_numpy()
-        self._cluster = table.column("cluster").combine_chunks()
+        self._decisions = RowDecisions(
+            table.column("row").to_numpy(),
+            table.column("is_duplicate").to_numpy(zero_copy_only=False),
+            table.column("cluster").combine_chunks(), table.column("size").to_numpy())
 
     def decide(self, batch: pa.RecordBatch) -> FilterResult:
-        n = batch.num_rows
-        lo, hi = self._offset, self._offset + n
-        self._offset = hi
-        start, stop = np.searchsorted(self._rows, [lo, hi])
-        local = self._rows[start:stop] - lo
-        keep = np.ones(n, bool)
-        keep[local[self._is_dup[start:stop]]] = False
-        size = np.ones(n, np.int32)
-        size[local] = self._size[start:stop]
-        index = np.full(n, -1, np.int64)
-        index[local] = np.arange(start, stop)
-        cluster = pc.if_else(pa.array(index >= 0),
-                             self._cluster.take(pa.array(np.maximum(index, 0))),
-                             pa.scalar(None, pa.string())) if stop > start else \
-            pa.nulls(n, pa.string())
+        keep, cluster, size = self._decisions.next_batch(batch.num_rows)
         return FilterResult(keep=keep, reason="near_duplicate",
                             columns={"minhash_cluster": cluster,
                                      "minhash_cluster_size": pa.array(size)})

@@ -22,7 +22,7 @@ from curation.global_step import run_in_process
 from curation.pipeline import ShardTask, run_shard
 
 
-_THREAD_VARS = ("CRUCIBLE_THREADS", "POLARS_MAX_THREADS", "OMP_NUM_THREADS")
+THREAD_VARS = ("CRUCIBLE_THREADS", "POLARS_MAX_THREADS", "OMP_NUM_THREADS")
 
 
 def _run_in_worker(task: ShardTask, progress_queue) -> object:
@@ -37,8 +37,8 @@ def _thread_share(workers: int) -> Iterator[None]:
     """Gives each of ``workers`` processes spawned meanwhile its share of the cores for its own
     thread pools (Polars, Arrow, our kernels): spawned processes read these at start-up."""
     share = str(max(1, len(os.sched_getaffinity(0)) // workers))
-    saved = {k: os.environ.get(k) for k in _THREAD_VARS}
-    os.environ.update({k: share for k in _THREAD_VARS})
+    saved = {k: os.environ.get(k) for k in THREAD_VARS}
+    os.environ.update({k: share for k in THREAD_VARS})
     try:
         yield
     finally:

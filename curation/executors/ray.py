@@ -15,7 +15,12 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from curation.executors.local import THREAD_VARS
 from curation.pipeline import ShardTask, run_shard
+
+# Each task reserves one CPU, so its thread pools (Polars, Arrow, our kernels) use one core,
+# as the local executor's workers use their share.
+ONE_CORE = {"env_vars": {name: "1" for name in THREAD_VARS}}
 
 
 class RayExecutor:
@@ -45,7 +50,7 @@ class RayExecutor:
 
     def run(self, tasks: list[ShardTask], on_result, on_progress) -> None:
         ray = self._ray()
-        remote = ray.remote(num_cpus=1, max_retries=0)(run_shard)
+        remote = ray.remote(num_cpus=1, max_retries=0, runtime_env=ONE_CORE)(run_shard)
         queue = list(tasks)
         in_flight = {}
         while queue or in_flight:
@@ -65,7 +70,7 @@ class RayExecutor:
         if not args:
             return
         ray = self._ray()
-        remote = ray.remote(num_cpus=1, max_retries=0)(fn)
+        remote = ray.remote(num_cpus=1, max_retries=0, runtime_env=ONE_CORE)(fn)
         waiting = iter(args)
         pending = deque(remote.remote(*a) for _, a in zip(range(2 * self.workers), waiting))
         while pending:

@@ -76,6 +76,7 @@ class LanguageID(Filter):
 
     name: ClassVar[str] = "language_id"
     Config: ClassVar[type] = LanguageIDConfig
+    transient: ClassVar[dict[str, Any]] = {"_model": None}  # fastText models do not pickle
 
     def __init__(self, config: LanguageIDConfig | None = None) -> None:
         super().__init__(config)
@@ -111,12 +112,6 @@ class LanguageID(Filter):
             raise RuntimeError(f"step {self.name!r}: labels are known after setup()")
         prefix = self._model.f.getArgs().label
         return frozenset(label.removeprefix(prefix) for label in self._model.get_labels())
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = dict(self.__dict__)
-        state["_model"] = None  # fastText models do not pickle; setup() reloads in the worker
-        state["_ready"] = False
-        return state
 
     def decide(self, batch: pa.RecordBatch) -> FilterResult:
         """Predicts every row's language; rejects by keep list and threshold when one is set."""

@@ -65,6 +65,7 @@ class Perplexity(Filter):
 
     name: ClassVar[str] = "perplexity"
     Config: ClassVar[type] = PerplexityConfig
+    transient: ClassVar[dict[str, Any]] = {"_models": {}}  # kenlm models do not pickle
 
     def __init__(self, config: PerplexityConfig | None = None) -> None:
         super().__init__(config)
@@ -74,12 +75,6 @@ class Perplexity(Filter):
         from curation.lm.model import load_lm
 
         self._models = {lang: load_lm(path) for lang, path in self.config.models.items()}
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = dict(self.__dict__)
-        state["_models"] = {}  # kenlm models do not pickle; setup() reloads them in the worker
-        state["_ready"] = False
-        return state
 
     def decide(self, batch: pa.RecordBatch) -> FilterResult:
         """Scores each row with its language's model; rejects by bucket or threshold if set."""

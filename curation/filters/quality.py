@@ -98,6 +98,7 @@ class QualityClassifier(Filter):
 
     name: ClassVar[str] = "quality_classifier"
     Config: ClassVar[type] = QualityClassifierConfig
+    transient: ClassVar[dict[str, Any]] = {"_model": None}  # fastText models do not pickle
 
     def __init__(self, config: QualityClassifierConfig | None = None) -> None:
         super().__init__(config)
@@ -127,12 +128,6 @@ class QualityClassifier(Filter):
                     "put it back or use min_score")
             self.threshold = threshold_for_top_fraction(json.loads(config_path.read_text()),
                                                         fraction)
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = dict(self.__dict__)
-        state["_model"] = None  # fastText models do not pickle; setup() reloads in the worker
-        state["_ready"] = False
-        return state
 
     def decide(self, batch: pa.RecordBatch) -> FilterResult:
         """Scores every row with text; rejects rows under the threshold when one is set."""

@@ -22,10 +22,9 @@ from typing import ClassVar
 import numpy as np
 import polars as pl
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from curation.global_step import GlobalStep, RunTasks, run_in_process
+from curation.global_step import GlobalStep, RowDecisions, RunTasks, run_in_process
 from curation.io.reader import ID, TEXT
 from curation.registry import register
 from curation.step import FilterResult
@@ -121,31 +120,14 @@ class ExactDedup(GlobalStep):
     # -- filter (worker, this segment) -----------------------------------------------------
     def begin_shard(self, work_dir: Path, shard: str) -> None:
         path = work_dir / "exact_dedup" / "clusters" / f"{shard}.parquet"
-        self._offset = 0
-        if path.exists():
-            table = pq.read_table(path)
-            self._rows = table.column("row").to_numpy()
-            self._is_dup = table.column("rank").to_numpy() > 0
-            self._cluster = table.column("cluster")
-        else:
-            self._rows = np.empty(0, np.int64)
-            self._is_dup = np.empty(0, bool)
-            self._cluster = pa.array([], pa.string())
+        if not path.exists():
+            self._decisions = RowDecisions.none()
+            return
+        table = pq.read_table(path)
+        self._decisions = RowDecisions(table.column("row").to_numpy(),
+                                       table.column("rank").to_numpy() > 0,
+                                       table.column("cluster").combine_chunks())
 
     def decide(self, batch: pa.RecordBatch) -> FilterResult:
-        n = batch.num_rows
-        lo, hi = self._offset, self._offset + n
-        self._offset = hi
-        start, stop = np.searchsorted(self._rows, [lo, hi])
-        local = self._rows[start:stop] - lo
-        keep = np.ones(n, bool)
-        keep[local[self._is_dup[start:stop]]] = False
-        if stop == start:
-            cluster = pa.nulls(n, pa.string())
-        else:
-            index = np.full(n, -1, np.int64)
-            index[local] = np.arange(start, stop)
-            cluster = pc.if_else(pa.array(index >= 0),
-                                 self._cluster.take(pa.array(np.maximum(index, 0))),
-                                 pa.scalar(None, pa.string()))
+        keep, cluster, _ = self._decisions.next_batch(batch.num_rows)
         return FilterResult(keep=keep, reason="duplicate", columns={"exact_dup_cluster": cluster})

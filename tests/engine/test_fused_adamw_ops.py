@@ -39,6 +39,7 @@ def clone_all(tensor_lists):
 def test_kernel_matches_reference(dtype, amsgrad, master, scale):
     ours = lists(dtype, amsgrad=amsgrad, master=master)
     ref = clone_all(ours)
+    before_param, before_m = ours[0][2].clone(), ours[2][2].clone()
     grad_scale = None if scale is None else torch.tensor(scale)
     kwargs = dict(HYPER, amsgrad=amsgrad, maximize=False, grad_scale=grad_scale)
     args, kw = call_kwargs(ours, **kwargs)
@@ -55,8 +56,11 @@ def test_kernel_matches_reference(dtype, amsgrad, master, scale):
                 torch.testing.assert_close(a, b, rtol=2**-7, atol=1e-6, msg=f"{name}[{t}]")
             else:
                 torch.testing.assert_close(a, b, rtol=2e-6, atol=1e-7, msg=f"{name}[{t}]")
-    # Something really changed: a step of this size moves nearly every parameter.
-    assert not torch.equal(ours[0][2].float(), lists(dtype)[0][2].float())
+    # Something really changed: every first moment moves, and the parameters with it (in bf16
+    # many updates of lr 3e-3 round away, so only some bf16 values change).
+    assert (ours[2][2] != before_m).float().mean() > 0.99
+    moved = (ours[0][2] != before_param).float().mean()
+    assert moved > (0.9 if dtype == torch.float32 else 0.3)
 
 
 def test_strided_but_dense_tensors_are_updated_in_their_own_layout():
