@@ -102,6 +102,12 @@ class Step:
         self.sink: RejectSink = ListSink()
         self._ready = False
 
+    @property
+    def active(self) -> bool:
+        """False when the step's options switch it off (a model step without a model): it
+        then passes every batch through unchanged."""
+        return True
+
     def setup(self) -> None:
         """Loads models or tables once per worker process, before the first batch."""
 

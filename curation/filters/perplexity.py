@@ -71,6 +71,10 @@ class Perplexity(Filter):
         super().__init__(config)
         self._models: dict[str, Any] = {}
 
+    @property
+    def active(self) -> bool:
+        return bool(self.config.models)
+
     def setup(self) -> None:
         from curation.lm.model import load_lm
 
@@ -78,7 +82,7 @@ class Perplexity(Filter):
 
     def decide(self, batch: pa.RecordBatch) -> FilterResult:
         """Scores each row with its language's model; rejects by bucket or threshold if set."""
-        if not self.config.models:  # disabled
+        if not self.active:
             return FilterResult(keep=np.ones(batch.num_rows, dtype=bool))
         if not self._models:
             raise RuntimeError(f"step {self.name!r}: setup() must run before decide() (iterating "

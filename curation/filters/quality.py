@@ -106,6 +106,10 @@ class QualityClassifier(Filter):
         self.threshold: float | None = self.config.min_score
         """The score a row needs to be kept (None: annotate only); known after setup."""
 
+    @property
+    def active(self) -> bool:
+        return bool(self.config.model_path)
+
     def setup(self) -> None:
         """Loads the model and, for ``keep_top_fraction``, its threshold from ``config.json``."""
         path = self.config.model_path
@@ -131,7 +135,7 @@ class QualityClassifier(Filter):
 
     def decide(self, batch: pa.RecordBatch) -> FilterResult:
         """Scores every row with text; rejects rows under the threshold when one is set."""
-        if not self.config.model_path:
+        if not self.active:
             return FilterResult(keep=np.ones(batch.num_rows, dtype=bool))
         if self._model is None:
             raise RuntimeError(f"step {self.name!r}: setup() must run before decide() (iterating "
