@@ -138,6 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_curate(subparsers)
     _add_lm(subparsers)
     _add_quality(subparsers)
+    _add_tokens(subparsers)
     _add_profile(subparsers)
     return parser
 
@@ -152,6 +153,13 @@ def _add_quality(subparsers: argparse._SubParsersAction) -> None:
     from curation.quality.cli import add_quality_parser
 
     add_quality_parser(subparsers)
+
+
+def _add_tokens(subparsers: argparse._SubParsersAction) -> None:
+    from curation.tokens.cli import add_tokenize_parser, add_tokenizer_parser
+
+    add_tokenizer_parser(subparsers)
+    add_tokenize_parser(subparsers)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
