@@ -1,6 +1,7 @@
 # crucible: the two set-up commands are `make demo` and `make test`; both create .venv if it is
 # missing, install the package with its build tools, and (re)build the compiled extension.
-#   make demo        the main job: `crucible curate` on the bundled sample (data/sample/raw)
+#   make demo        the main job: curate the bundled sample (data/sample/raw), train a tokenizer
+#                    on the result and write its token shards
 #   make test        the test suite
 #   make bench       every benchmark in bench/, then regenerate the README's tables
 #   make cuda-check  compile every CUDA source against torch 2.14.1 (cu130) + nvcc: a compile, not a run
@@ -34,9 +35,12 @@ build: $(VENV)/.built
 DEMO_OUT ?= out/demo
 DEMO_MODELS := out/demo-models
 
-# Trains the small n-gram and quality models on the sample, then curates it with them.
+DEMO_TOKENS := out/demo-tokens
+
+# Trains the small n-gram and quality models on the sample, curates it with them, then trains a
+# tokenizer on the curated shards and writes the pre-training token shards.
 demo: build
-	rm -rf $(DEMO_OUT) $(DEMO_MODELS)
+	rm -rf $(DEMO_OUT) $(DEMO_MODELS) $(DEMO_TOKENS)
 	$(PY) data/extract_reference.py $(DEMO_MODELS)
 	$(VENV)/bin/crucible lm train --input $(DEMO_MODELS)/reference.parquet --output $(DEMO_MODELS)/lm-en \
 	  --order 4 --reference $(DEMO_MODELS)/web.parquet 2>/dev/null
@@ -44,6 +48,12 @@ demo: build
 	  --negative $(DEMO_MODELS)/web.parquet --output $(DEMO_MODELS)/quality \
 	  --epochs 25 --lr 0.5 --dim 64 --bucket 50000
 	$(VENV)/bin/crucible curate --config data/sample/demo.yaml --input data/sample/raw --output $(DEMO_OUT)
+	$(VENV)/bin/crucible tokenizer train --input $(DEMO_OUT) --output $(DEMO_TOKENS)/tokenizer \
+	  --vocab-size 8192
+	$(VENV)/bin/crucible tokenize --input web=$(DEMO_OUT) --tokenizer $(DEMO_TOKENS)/tokenizer \
+	  --output $(DEMO_TOKENS)/pretrain
+	$(VENV)/bin/crucible tokenize --input $(DEMO_OUT) --group-by ppl_bucket \
+	  --tokenizer $(DEMO_TOKENS)/tokenizer --output $(DEMO_TOKENS)/pretrain-by-quality
 
 test: build
 	$(PY) -m pytest -q

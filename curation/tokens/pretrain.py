@@ -26,7 +26,7 @@ import numpy as np
 from curation.tokens.indexed import IndexedWriter, token_dtype
 from curation.tokens.layout import FORMAT, MANIFEST, write_token_manifest
 
-SKIPPED_DIRS = ("rejected", "_work")  # what `crucible curate` writes beside the curated shards
+SKIPPED_DIRS = ("rejected", "_work", "dedup")  # what `crucible curate` writes beside its shards
 
 
 @dataclass(frozen=True)
@@ -119,11 +119,30 @@ class TokenizeSummary:
 
 
 def source_shards(source: Source) -> list[Path]:
-    """The Parquet files of a source, sorted; a curation output's ``rejected/`` and ``_work/``
-    folders are skipped."""
+    """The Parquet files of a source, sorted. For the output folder of ``crucible curate``
+    (it holds a curation ``manifest.json``) these are exactly the curated shards the manifest
+    lists, never its ``rejected/``, ``dedup/`` or ``_work/`` files."""
     from curation.io.reader import discover_inputs
 
     root = Path(source.path)
+    manifest = root / "manifest.json"
+    if root.is_dir() and manifest.exists():
+        data = json.loads(manifest.read_text())
+        if "segments" in data:  # a curation job's manifest
+            if data.get("status") != "done":
+                raise ValueError(f"{root}: the curation job has not finished (status "
+                                 f"{data.get('status')!r}); finish it with `crucible curate "
+                                 "--resume` first")
+            files = sorted({(root / Path(out).name).resolve()
+                            for shard in data["segments"][-1]["shards"].values()
+                            for out in shard.get("outputs", [])})
+            missing = [f for f in files if not f.exists()]
+            if missing:
+                raise FileNotFoundError(f"{root}: curated shard {missing[0].name} listed in "
+                                        "manifest.json is missing")
+            if not files:
+                raise FileNotFoundError(f"{root}: the curation job kept no rows")
+            return files
     files = discover_inputs([source.path])
     if root.is_dir():
         files = [f for f in files

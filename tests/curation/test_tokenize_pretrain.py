@@ -135,3 +135,22 @@ def test_bad_inputs_have_clear_errors(curated, tmp_path, tokenizer_file, capsys)
     with pytest.raises(ValueError, match="source names must be unique"):
         TokenizeConfig(sources=[Source("a", "x"), Source("a", "y")], output="o", tokenizer="t")
     assert np.dtype(read_token_manifest(out).dtype) == np.uint16
+
+
+def test_a_curation_output_folder_contributes_exactly_its_curated_shards(raw_dir, tmp_path,
+                                                                           tokenizer_file):
+    from curation.config import load_config
+    from curation.job import run_job
+
+    out = tmp_path / "curated"
+    job = load_config(None, inputs=[str(raw_dir)], output=str(out), workers=1)
+    job.pipeline = [{"step": "normalize"}, {"step": "exact_dedup"}]
+    kept = run_job(job, show_progress=False).rows_kept
+    assert list((out / "rejected").rglob("*.parquet"))  # there is something to skip
+    summary = run_tokenize(config(out, tmp_path / "tokens", tokenizer_file), show_progress=False)
+    assert summary.rows == kept
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest["status"] = "running"
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match="has not finished"):
+        run_tokenize(config(out, tmp_path / "t2", tokenizer_file), show_progress=False)
