@@ -54,6 +54,11 @@ demo: build
 	  --output $(DEMO_TOKENS)/pretrain
 	$(VENV)/bin/crucible tokenize --input $(DEMO_OUT) --group-by ppl_bucket \
 	  --tokenizer $(DEMO_TOKENS)/tokenizer --output $(DEMO_TOKENS)/pretrain-by-quality
+	$(VENV)/bin/crucible tokenize --kind sft --input data/sample/chat/gsm8k.jsonl \
+	  --tokenizer $(DEMO_TOKENS)/tokenizer --output $(DEMO_TOKENS)/sft --max-length 512
+	$(VENV)/bin/crucible tokenize --kind preference \
+	  --input data/sample/chat/hh-rlhf-harmless-base-test.jsonl.gz \
+	  --tokenizer $(DEMO_TOKENS)/tokenizer --output $(DEMO_TOKENS)/preference --max-length 512
 
 test: build
 	$(PY) -m pytest -q

@@ -40,3 +40,20 @@ def raw_dir(tmp_path: Path) -> Path:
                     ids=[f"p{i}-{j}" for j in range(5)],
                     source=[f"s{i}"] * 5)
     return raw
+
+
+REPO = HERE.parents[1]
+
+
+@pytest.fixture(scope="session")
+def chat_tokenizer(tmp_path_factory):
+    """A small byte-level BPE (2,048 ids, with the chat tokens) trained on real text: part of
+    the bundled sample corpus. Saved with ``save_tokenizer`` (so ``transformers`` loads the
+    directory, chat template included); returns the loaded ``TokenizerInfo``."""
+    from curation.tokens.tokenizer import load_tokenizer, save_tokenizer, train_tokenizer
+
+    shard = REPO / "data" / "sample" / "raw" / "shard-0000.parquet"
+    texts = pq.read_table(shard, columns=["text"]).column("text").to_pylist()[:400]
+    out = tmp_path_factory.mktemp("chat_tokenizer")
+    save_tokenizer(train_tokenizer(texts, 2048), out)
+    return load_tokenizer(out)
