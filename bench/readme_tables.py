@@ -26,7 +26,8 @@ COLUMN_NAMES = {"ours_gbps": "ours GB/s", "pct_copy_bw": "% of copy bandwidth",
                 "near_duplicates_removed": "near duplicates removed",
                 "peak_rss_driver_mb": "peak RSS driver (MB)",
                 "peak_rss_worker_mb": "peak RSS largest worker (MB)",
-                "peak_rss_mb": "peak RSS (MB)"}
+                "peak_rss_mb": "peak RSS (MB)",
+                "ours_seq_per_s": "ours seq/s", "reference_seq_per_s": "reference seq/s"}
 EXTRA_COLUMNS = tuple(COLUMN_NAMES)
 
 
