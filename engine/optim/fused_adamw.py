@@ -36,6 +36,11 @@ _GROUP_DEFAULTS = {
 }
 
 
+def _local(t: torch.Tensor) -> torch.Tensor:
+    """The local shard of a DTensor (FSDP2 parameters, gradients and states), else ``t``."""
+    return t.to_local() if hasattr(t, "to_local") and hasattr(t, "device_mesh") else t
+
+
 def _as_float(value: float | torch.Tensor) -> float:
     return value.item() if isinstance(value, torch.Tensor) else float(value)
 
@@ -115,6 +120,7 @@ class FusedAdamW(torch.optim.Optimizer):
 
     @staticmethod
     def _check_param(p: torch.Tensor, g: int, i: int) -> None:
+        p = _local(p)
         where = f"param_groups[{g}]['params'][{i}] (shape {tuple(p.shape)}, {p.dtype})"
         if p.dtype not in _SUPPORTED_DTYPES:
             raise TypeError(f"FusedAdamW: {where} has dtype {p.dtype}; supported parameter "
@@ -166,14 +172,22 @@ class FusedAdamW(torch.optim.Optimizer):
         """Computes the global pre-clip norm (kept in ``last_grad_norm``) and, per device, the
         clip coefficient ``min(1, max_norm / (norm + 1e-6))`` as ``clip_grad_norm_`` does."""
         by_device: dict[torch.device, list[torch.Tensor]] = defaultdict(list)
+        groups = {g.device_mesh.get_group() for g in grads if hasattr(g, "device_mesh")}
         for grad in grads:
-            by_device[grad.device].append(grad)
+            by_device[grad.device].append(_local(grad))
         norms = [total_norm(ts) for ts in by_device.values()]
         if len(norms) == 1:
             norm = norms[0]
         else:
             first = norms[0].device
             norm = torch.linalg.vector_norm(torch.stack([n.to(first) for n in norms]))
+        if groups:  # sharded gradients (FSDP2): the global norm sums the shards' squares
+            if len(groups) > 1:
+                raise RuntimeError("FusedAdamW: gradients sharded over several process groups "
+                                   "(e.g. 2-D meshes) are not supported by fused clipping")
+            squared = norm.double() ** 2
+            torch.distributed.all_reduce(squared, group=groups.pop())
+            norm = squared.sqrt().float()
         self.last_grad_norm = norm
         coef = torch.clamp(self.max_grad_norm / (norm + 1e-6), max=1.0)
         return {device: coef.to(device) for device in by_device}
@@ -214,14 +228,14 @@ class FusedAdamW(torch.optim.Optimizer):
         beta1, beta2 = group["betas"]
         for (device, master), ks in calls.items():
             fused_adamw_(
-                [ps[k] for k in ks],
-                [ps[k].grad for k in ks],
-                [states[k]["exp_avg"] for k in ks],
-                [states[k]["exp_avg_sq"] for k in ks],
+                [_local(ps[k]) for k in ks],
+                [_local(ps[k].grad) for k in ks],
+                [_local(states[k]["exp_avg"]) for k in ks],
+                [_local(states[k]["exp_avg_sq"]) for k in ks],
                 [states[k]["step"] for k in ks],
-                max_exp_avg_sqs=[states[k]["max_exp_avg_sq"] for k in ks] if group["amsgrad"]
-                else [],
-                master_params=[states[k]["master_param"] for k in ks] if master else [],
+                max_exp_avg_sqs=[_local(states[k]["max_exp_avg_sq"]) for k in ks]
+                if group["amsgrad"] else [],
+                master_params=[_local(states[k]["master_param"]) for k in ks] if master else [],
                 lr=_as_float(group["lr"]), beta1=_as_float(beta1), beta2=_as_float(beta2),
                 weight_decay=group["weight_decay"], eps=group["eps"],
                 amsgrad=group["amsgrad"], maximize=group["maximize"],
