@@ -37,8 +37,9 @@ DEMO_MODELS := out/demo-models
 
 DEMO_TOKENS := out/demo-tokens
 
-# Trains the small n-gram and quality models on the sample, curates it with them, then trains a
-# tokenizer on the curated shards and writes the pre-training token shards.
+# Trains the small n-gram and quality models on the sample, curates it with them, trains a
+# tokenizer on the curated shards, writes the token shards (pre-training, SFT, preference) and
+# pre-trains a small model on them (a few minutes on 2 cores), exported for transformers.
 demo: build
 	rm -rf $(DEMO_OUT) $(DEMO_MODELS) $(DEMO_TOKENS)
 	$(PY) data/extract_reference.py $(DEMO_MODELS)
@@ -50,8 +51,10 @@ demo: build
 	$(VENV)/bin/crucible curate --config data/sample/demo.yaml --input data/sample/raw --output $(DEMO_OUT)
 	$(VENV)/bin/crucible tokenizer train --input $(DEMO_OUT) --output $(DEMO_TOKENS)/tokenizer \
 	  --vocab-size 8192
-	$(VENV)/bin/crucible tokenize --input web=$(DEMO_OUT) --tokenizer $(DEMO_TOKENS)/tokenizer \
-	  --output $(DEMO_TOKENS)/pretrain
+	$(VENV)/bin/crucible tokenize --input 'web=$(DEMO_OUT)/shard-000[012]-*.parquet' \
+	  --tokenizer $(DEMO_TOKENS)/tokenizer --output $(DEMO_TOKENS)/pretrain
+	$(VENV)/bin/crucible tokenize --input 'val=$(DEMO_OUT)/shard-0003-*.parquet' \
+	  --tokenizer $(DEMO_TOKENS)/tokenizer --output $(DEMO_TOKENS)/val
 	$(VENV)/bin/crucible tokenize --input $(DEMO_OUT) --group-by ppl_bucket \
 	  --tokenizer $(DEMO_TOKENS)/tokenizer --output $(DEMO_TOKENS)/pretrain-by-quality
 	$(VENV)/bin/crucible tokenize --kind sft --input data/sample/chat/gsm8k.jsonl \
@@ -59,6 +62,8 @@ demo: build
 	$(VENV)/bin/crucible tokenize --kind preference \
 	  --input data/sample/chat/hh-rlhf-harmless-base-test.jsonl.gz \
 	  --tokenizer $(DEMO_TOKENS)/tokenizer --output $(DEMO_TOKENS)/preference --max-length 512
+	rm -rf out/demo-train
+	$(VENV)/bin/crucible train configs/demo_pretrain.yaml --export out/demo-train/hf
 
 test: build
 	$(PY) -m pytest -q

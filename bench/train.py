@@ -1,0 +1,106 @@
+"""Benchmark: training throughput of the engine's model with crucible's ops against the same
+model on torch-native ops, in the same run.
+
+Ours: attention through crucible's fused flash-attention op, FusedAdamW (fused clipping).
+Reference: `torch.nn.functional.scaled_dot_product_attention` and
+`torch.optim.AdamW(fused=True)` + `clip_grad_norm_`. Same parameters, same batches; one step =
+forward, backward, clip, update. The two sides alternate in short windows so machine noise hits
+both alike; the table reports the median tokens/s of each.
+
+    python bench/train.py [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from crucible.benchmarking import machine_info, print_table, result, write_results
+from engine.model import Transformer, flops_per_token, preset
+from engine.metrics import measured_cpu_peak
+from engine.optim import FusedAdamW
+
+ROOT = Path(__file__).resolve().parent.parent
+CASES = {
+    # name: (model overrides on "tiny", seq_len, batch)
+    "tiny": ({}, 128, 8),
+    "small GPT (6x384, vocab 8k)": ({"vocab_size": 8192, "dim": 384, "n_layers": 6,
+                                     "n_heads": 6, "n_kv_heads": 6, "max_seq_len": 1024},
+                                    512, 4),
+    "small GPT, long context": ({"vocab_size": 8192, "dim": 384, "n_layers": 6, "n_heads": 6,
+                           "n_kv_heads": 6, "max_seq_len": 1024}, 1024, 2),
+}
+
+
+def make_step(model, opt, clip_native: bool):
+    """One training step on a given batch."""
+    def step(x, y):
+        logits = model(x)
+        loss = F.cross_entropy(logits.flatten(0, 1), y.flatten())
+        loss.backward()
+        if clip_native:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    return step
+
+
+def measure(overrides: dict, seq_len: int, batch: int, windows: int, steps: int
+            ) -> tuple[float, float]:
+    """(ours, reference) median tokens/s over alternating windows."""
+    config = preset("tiny", **overrides)
+    torch.manual_seed(0)
+    ours = Transformer(config, "crucible")
+    ref = Transformer(config, "sdpa")
+    ref.load_state_dict(ours.state_dict())
+    sides = {
+        "ours": make_step(ours, FusedAdamW(ours.parameters(), lr=1e-4, max_grad_norm=1.0),
+                          False),
+        "ref": make_step(ref, torch.optim.AdamW(ref.parameters(), lr=1e-4, fused=True), True),
+    }
+    x = torch.randint(0, config.vocab_size, (batch, seq_len))
+    y = torch.randint(0, config.vocab_size, (batch, seq_len))
+    for step in sides.values():  # warm up
+        step(x, y)
+    rates: dict[str, list[float]] = {"ours": [], "ref": []}
+    for _ in range(windows):
+        for name, step in sides.items():
+            start = time.perf_counter()
+            for _ in range(steps):
+                step(x, y)
+            rates[name].append(batch * seq_len * steps / (time.perf_counter() - start))
+    return statistics.median(rates["ours"]), statistics.median(rates["ref"])
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="fewer windows and steps")
+    args = parser.parse_args()
+    windows, steps = (3, 2) if args.quick else (7, 4)
+    peak = measured_cpu_peak()
+    rows = []
+    for name, (overrides, seq_len, batch) in CASES.items():
+        ours, ref = measure(overrides, seq_len, batch, windows, steps)
+        fpt = flops_per_token(preset("tiny", **overrides), seq_len)
+        print(f"[train] {name}: ours {ours:,.0f} tok/s, reference {ref:,.0f} tok/s",
+              file=sys.stderr)
+        rows.append(result(f"{name}, T={seq_len}, batch {batch}", "tokens/s", ours,
+                           "SDPA + AdamW(fused) + clip_grad_norm_", ref,
+                           higher_is_better=True, mfu_pct=round(100 * ours * fpt / peak, 1)))
+    machine = {**machine_info(), "threads": torch.get_num_threads(),
+               "cpu_peak_gflops": round(peak / 1e9, 1)}
+    print_table(f"training step on {machine['cpu']} ({torch.get_num_threads()} threads)", rows,
+                ("mfu_pct",))
+    print(f"wrote {write_results('train', machine, rows, ROOT / 'bench' / 'results')}",
+          file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
