@@ -140,3 +140,21 @@ def test_config_errors_name_the_key(tmp_path):
         load_train_config(None, ["parallel=magic"])
     cfg = load_train_config(None, ["optim.lr=1e-3"])
     assert cfg.optim.lr == 1e-3
+
+
+def test_metrics_go_to_jsonl_and_tensorboard_and_export_loads_in_transformers(
+        sample_tokens, tmp_path):
+    transformers = pytest.importorskip("transformers")
+    from engine.model.export import export_trained
+
+    trainer = Trainer(tiny(sample_tokens, tmp_path, "steps=3", "tensorboard=true"))
+    trainer.train()
+    records = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2, 3]
+    assert {"loss", "grad_norm", "lr", "tokens_per_s", "mfu"} <= set(records[0])
+    assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+    export_trained(trainer, tmp_path / "hf")
+    hf = transformers.LlamaForCausalLM.from_pretrained(str(tmp_path / "hf"))
+    x = torch.randint(0, 512, (1, 16))
+    with torch.no_grad():
+        torch.testing.assert_close(hf(x).logits, trainer.model(x), atol=2e-5, rtol=1e-4)
