@@ -154,3 +154,20 @@ def test_a_curation_output_folder_contributes_exactly_its_curated_shards(raw_dir
     (out / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(ValueError, match="has not finished"):
         run_tokenize(config(out, tmp_path / "t2", tokenizer_file), show_progress=False)
+
+
+def test_an_existing_tokenizer_with_other_special_tokens_is_accepted(curated, tmp_path):
+    texts = pq.read_table("data/sample/raw/shard-0002.parquet").column("text").to_pylist()
+    path = tmp_path / "foreign" / "tokenizer.json"
+    path.parent.mkdir()
+    train_tokenizer([t for t in texts if t], 700, special_tokens=["<s>", "</s>", "<unk>"]
+                    ).save(str(path))
+    info = load_tokenizer(path)
+    assert info.eos_id == info.tokenizer.token_to_id("</s>") == 1
+    run_tokenize(config(curated, tmp_path / "out", path), show_progress=False)
+    manifest = read_token_manifest(tmp_path / "out")
+    assert manifest.eos_id == 1 and manifest.vocab_size == 700
+    first = IndexedDataset(manifest.prefixes("web")[0])[0].tolist()
+    assert first[-1] == 1 and 1 not in first[:-1]
+    with pytest.raises(ValueError, match="no document-end token"):
+        load_tokenizer(path, eos_token="<|endoftext|>")
