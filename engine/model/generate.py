@@ -45,6 +45,19 @@ def _step(model: Transformer, ids: torch.Tensor, positions: torch.Tensor,
           key_mask: torch.Tensor, cache: list[list[torch.Tensor]]) -> torch.Tensor:
     """Runs ``ids`` (B, S) at ``positions`` through every layer, appending their keys and
     values to ``cache``; returns the last position's logits (B, vocab)."""
+    return model.output(model.norm(_hidden(model, ids, positions, key_mask, cache)[:, -1]))
+
+
+def _step_all(model: Transformer, ids: torch.Tensor, positions: torch.Tensor,
+              key_mask: torch.Tensor) -> torch.Tensor:
+    """Logits (B, S, vocab) of a whole left-padded batch, differentiable (PPO's forward)."""
+    cache: list[list[torch.Tensor]] = [[] for _ in model.blocks]
+    return model.output(model.norm(_hidden(model, ids, positions, key_mask, cache)))
+
+
+def _hidden(model: Transformer, ids: torch.Tensor, positions: torch.Tensor,
+            key_mask: torch.Tensor, cache: list[list[torch.Tensor]]) -> torch.Tensor:
+    """The final hidden states (B, S, dim) before the norm; fills ``cache``."""
     cfg = model.config
     B, S = ids.shape
     cos, sin = rope_tables(cfg.head_dim, positions, cfg.rope_theta)
@@ -52,6 +65,10 @@ def _step(model: Transformer, ids: torch.Tensor, positions: torch.Tensor,
     total = key_mask.shape[1]
     causal = torch.ones(S, total, dtype=torch.bool, device=ids.device).tril(total - S)
     mask = causal[None, None] & key_mask[:, None, None, :].bool()      # (B, 1, S, total)
+    # a pad query would see no key at all (NaN in SDPA): let every query see itself
+    own = torch.zeros(S, total, dtype=torch.bool, device=ids.device)
+    own[torch.arange(S), torch.arange(total - S, total)] = True
+    mask = mask | own[None, None]
     if cfg.window is not None:
         i = torch.arange(total - S, total, device=ids.device)[:, None]
         j = torch.arange(total, device=ids.device)[None, :]
@@ -71,7 +88,7 @@ def _step(model: Transformer, ids: torch.Tensor, positions: torch.Tensor,
             enable_gqa=attn.n_heads != attn.n_kv_heads).transpose(1, 2)
         x = x + attn.wo(out.reshape(B, S, -1))
         x = x + block.mlp(block.mlp_norm(x))
-    return model.output(model.norm(x[:, -1]))
+    return x
 
 
 @torch.no_grad()
