@@ -27,7 +27,9 @@ COLUMN_NAMES = {"ours_gbps": "ours GB/s", "pct_copy_bw": "% of copy bandwidth",
                 "peak_rss_driver_mb": "peak RSS driver (MB)",
                 "peak_rss_worker_mb": "peak RSS largest worker (MB)",
                 "peak_rss_mb": "peak RSS (MB)",
-                "ours_seq_per_s": "ours seq/s", "reference_seq_per_s": "reference seq/s"}
+                "ours_seq_per_s": "ours seq/s", "reference_seq_per_s": "reference seq/s",
+                "ours_validate_ms": "ours validate (ms)", "actions": "actions",
+                "simulated_bubble": "simulated bubble", "latency_ms": "P2P latency (ms)"}
 EXTRA_COLUMNS = tuple(COLUMN_NAMES)
 
 

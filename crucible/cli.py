@@ -35,6 +35,12 @@ def _add_profile(subparsers: argparse._SubParsersAction) -> None:
     optim.add_argument("--json", metavar="PATH", default=None,
                        help="also write the results in the bench/results JSON format to PATH")
     optim.set_defaults(func=_run_profile_optim)
+    from engine.profiling.attention import add_attention_parser  # torch-free until it runs
+
+    add_attention_parser(targets)
+    from engine.commands import add_profile_train_parser
+
+    add_profile_train_parser(targets)
 
 
 def _run_profile_optim(args: argparse.Namespace) -> int:
@@ -139,7 +145,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_lm(subparsers)
     _add_quality(subparsers)
     _add_tokens(subparsers)
+    _add_train(subparsers)
+    from engine.commands import add_plan_parser
+
+    add_plan_parser(subparsers)
     _add_profile(subparsers)
+    _add_pipeline(subparsers)
     return parser
 
 
@@ -162,8 +173,35 @@ def _add_tokens(subparsers: argparse._SubParsersAction) -> None:
     add_tokenize_parser(subparsers)
 
 
+def _add_pipeline(subparsers: argparse._SubParsersAction) -> None:
+    from engine.distributed.cli import add_pipeline_parser
+
+    add_pipeline_parser(subparsers)
+
+
+def _add_train(subparsers: argparse._SubParsersAction) -> None:
+    train = subparsers.add_parser(
+        "train", help="train a model on token shards (torchrun for several ranks)",
+        description="Train a Llama-style model on the token shards of `crucible tokenize`. "
+                    "One process is one rank: for several, run `torchrun --nproc_per_node N "
+                    "-m engine.train CONFIG`. Same arguments as python -m engine.train.",
+        add_help=False)
+    train.add_argument("args", nargs=argparse.REMAINDER,
+                       help="CONFIG [KEY=VALUE ...] [--export DIR]; --help for details")
+    train.set_defaults(func=_run_train)
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from engine.train import main as train_main
+
+    return train_main(args.args, prog="crucible train")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs the ``crucible`` command line; returns the process exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["train"]:  # its own parser (shared with python -m engine.train)
+        return _run_train(argparse.Namespace(args=argv[1:]))
     args = build_parser().parse_args(argv)
     return args.func(args)
 

@@ -6,6 +6,7 @@
 
 #include <torch/library.h>
 
+#include "attention/flash_attention.h"
 #include "optim/fused_adamw.h"
 
 TORCH_LIBRARY(crucible, m) {
@@ -19,17 +20,34 @@ TORCH_LIBRARY(crucible, m) {
       "float eps, bool amsgrad, bool maximize, Tensor? grad_scale) -> ()");
   // Global L2 norm of a list of tensors as a 0-dim float32 tensor, in one reduction pass.
   m.def("total_norm(Tensor[] tensors) -> Tensor");
+  // Tiled online-softmax attention (see csrc/attention/flash_attention.h for layouts and
+  // masks). Returns the output and the log-sum-exp of every query row (natural log). A
+  // softmax_scale <= 0 means 1/sqrt(head_dim), window <= 0 no window, max_seqlen <= 0 that it
+  // is computed from cu_seqlens (CPU only).
+  m.def(
+      "flash_attention_forward(Tensor q, Tensor k, Tensor v, Tensor? cu_seqlens, "
+      "int max_seqlen, float softmax_scale, bool causal, int window) -> (Tensor, Tensor)");
+  // Gradients of flash_attention_forward with respect to q, k and v, recomputing the scores
+  // tile by tile from q, k and lse.
+  m.def(
+      "flash_attention_backward(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor out, "
+      "Tensor lse, Tensor? cu_seqlens, int max_seqlen, float softmax_scale, bool causal, "
+      "int window) -> (Tensor, Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(crucible, CPU, m) {
   m.impl("fused_adamw_", &crucible::optim::fused_adamw_cpu);
   m.impl("total_norm", &crucible::optim::total_norm_cpu);
+  m.impl("flash_attention_forward", &crucible::attention::flash_attention_forward_cpu);
+  m.impl("flash_attention_backward", &crucible::attention::flash_attention_backward_cpu);
 }
 
 #ifdef CRUCIBLE_WITH_CUDA
 TORCH_LIBRARY_IMPL(crucible, CUDA, m) {
   m.impl("fused_adamw_", &crucible::optim::fused_adamw_cuda);
   m.impl("total_norm", &crucible::optim::total_norm_cuda);
+  m.impl("flash_attention_forward", &crucible::attention::flash_attention_forward_cuda);
+  m.impl("flash_attention_backward", &crucible::attention::flash_attention_backward_cuda);
 }
 #endif
 

@@ -87,6 +87,31 @@ class CheckpointConfig:
 
 
 @dataclass
+class PipelineConfig:
+    """Pipeline parallelism (``parallel: pipeline``): the model's blocks split over ranks."""
+
+    schedule: str = "1f1b"
+    """gpipe, 1f1b, interleaved-1f1b or zb-h1 (see ``crucible pipeline plan``)."""
+    microbatches: int = 4
+    """Micro-batches each batch is cut into; data.batch_size must be a multiple."""
+    virtual_stages: int = 2
+    """Model chunks per rank for interleaved-1f1b."""
+    size: int = 0
+    """Pipeline ranks per replica (0: all ranks); the world / size replicas are data parallel."""
+    timeout_s: float = 300.0
+    """Longest wait for a tensor from another stage before the step fails."""
+
+    def __post_init__(self) -> None:
+        schedules = ("gpipe", "1f1b", "interleaved-1f1b", "zb-h1")
+        if self.schedule not in schedules:
+            raise ValueError(f"pipeline.schedule must be one of {', '.join(schedules)} "
+                             f"(got {self.schedule!r})")
+        if self.microbatches < 1 or self.size < 0 or self.virtual_stages < 1:
+            raise ValueError("pipeline.microbatches and pipeline.virtual_stages must be >= 1 "
+                             "and pipeline.size >= 0")
+
+
+@dataclass
 class GuardConfig:
     """Loss-spike and NaN guard."""
 
@@ -133,7 +158,7 @@ class TrainConfig:
     """torch.compile the model."""
     parallel: str = "auto"
     """``auto`` (DDP when launched on several ranks), ``none``, ``ddp``, ``fsdp`` (FSDP2
-    fully_shard) or ``deepspeed`` (ZeRO, see deepspeed_stage)."""
+    fully_shard), ``deepspeed`` (ZeRO, see deepspeed_stage) or ``pipeline`` (see pipeline)."""
     deepspeed_stage: int = 1
     """ZeRO stage 1-3 for parallel: deepspeed."""
     eval_every: int = 0
@@ -150,15 +175,23 @@ class TrainConfig:
     """Checkpointing."""
     guard: GuardConfig = field(default_factory=GuardConfig)
     """Loss-spike and NaN guard."""
+    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+    """Pipeline stages, for parallel: pipeline."""
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.grad_accum < 1:
             raise ValueError("steps and grad_accum must be >= 1")
         if self.dtype not in ("float32", "bfloat16"):
             raise ValueError(f"dtype must be float32 or bfloat16 (got {self.dtype!r})")
-        if self.parallel not in ("auto", "none", "ddp", "fsdp", "deepspeed"):
-            raise ValueError(f"parallel must be auto, none, ddp, fsdp or deepspeed "
+        if self.parallel not in ("auto", "none", "ddp", "fsdp", "deepspeed", "pipeline"):
+            raise ValueError(f"parallel must be auto, none, ddp, fsdp, deepspeed or pipeline "
                              f"(got {self.parallel!r})")
+        if self.parallel == "pipeline" and (self.activation_checkpointing or self.compile):
+            raise ValueError("parallel: pipeline does not combine with activation_checkpointing "
+                             "or compile yet; set both to false")
+        if self.parallel == "pipeline" and self.data.batch_size % self.pipeline.microbatches:
+            raise ValueError(f"data.batch_size {self.data.batch_size} is not a multiple of "
+                             f"pipeline.microbatches {self.pipeline.microbatches}")
         if self.deepspeed_stage not in (1, 2, 3):
             raise ValueError(f"deepspeed_stage must be 1, 2 or 3 (got {self.deepspeed_stage})")
         if self.attention not in ("crucible", "sdpa"):
@@ -170,7 +203,7 @@ class TrainConfig:
 
 
 _SECTIONS = {"data": DataConfig, "optim": OptimConfig, "checkpoint": CheckpointConfig,
-             "guard": GuardConfig}
+             "guard": GuardConfig, "pipeline": PipelineConfig}
 
 
 def train_config_from_dict(data: dict[str, Any]) -> TrainConfig:

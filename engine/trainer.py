@@ -71,14 +71,30 @@ class Trainer:
         torch.manual_seed(config.seed)
         self.model = Transformer(model_config, config.attention).to(self.info.device)
         self.flops_per_token = flops_per_token(model_config, config.data.seq_len)
-        # FSDP2 replaces the parameters with sharded ones: build the optimizer after it.
-        self.train_model = parallelize(self.model, self.mode, self.info,
-                                       activation_checkpointing=config.activation_checkpointing,
-                                       compile=config.compile)
-        self.optimizer = FusedAdamW(
+        self.pipeline = None
+        if self.mode == "pipeline":
+            from engine.distributed.pipeline import build_pipeline
+
+            pc = config.pipeline
+            self.pipeline = build_pipeline(self.model, pc.schedule, pc.microbatches,
+                                           virtual_stages=pc.virtual_stages, pp_size=pc.size,
+                                           timeout_s=pc.timeout_s)
+            self.train_model = self.pipeline.module  # this rank's stages, the model's names
+        else:
+            # FSDP2 replaces the parameters with sharded ones: build the optimizer after it.
+            self.train_model = parallelize(
+                self.model, self.mode, self.info,
+                activation_checkpointing=config.activation_checkpointing,
+                compile=config.compile)
+        # Pipeline ranks of one replica read the same data shard.
+        self.data_rank, self.data_world = ((self.pipeline.replica, self.pipeline.replicas)
+                                           if self.pipeline else
+                                           (self.info.rank, self.info.world_size))
+        self.optimizer = FusedAdamW(  # a pipeline clips over all its stages itself
             self._param_groups(), lr=config.optim.lr, betas=config.optim.betas,
             eps=config.optim.eps,
-            max_grad_norm=None if self.mode == "deepspeed" else config.optim.max_grad_norm)
+            max_grad_norm=None if self.mode in ("deepspeed", "pipeline")
+            else config.optim.max_grad_norm)
         if self.mode == "deepspeed":
             from engine.distributed.deepspeed import initialize_deepspeed
 
@@ -86,8 +102,8 @@ class Trainer:
                                                     self.info.world_size)
         mixture = Mixture.from_yaml(config.data.mixture) if config.data.mixture else None
         self.loader = PackedLoader(manifest, config.data.seq_len, config.data.batch_size,
-                                   mixture=mixture, seed=config.data.seed, rank=self.info.rank,
-                                   world_size=self.info.world_size,
+                                   mixture=mixture, seed=config.data.seed, rank=self.data_rank,
+                                   world_size=self.data_world,
                                    prefetch=config.data.prefetch)
         self.guard = SpikeGuard(config.guard)
         self._rollbacks = 0  # since the last checkpoint
@@ -101,7 +117,8 @@ class Trainer:
 
     def _param_groups(self) -> list[dict]:
         decay, no_decay = [], []
-        for name, p in self.model.named_parameters():
+        model = self.pipeline.module if self.pipeline is not None else self.model
+        for name, p in model.named_parameters():
             (decay if p.dim() >= 2 and name != "embed.weight" else no_decay).append(p)
         return [{"params": decay, "weight_decay": self.config.optim.weight_decay},
                 {"params": no_decay, "weight_decay": 0.0}]
@@ -122,6 +139,14 @@ class Trainer:
 
     def _backward_step(self, batches: list) -> torch.Tensor:
         step_tokens = max(1, int(sum((b.labels != IGNORE).sum() for b in batches)))
+        if self.pipeline is not None:
+            total = torch.zeros((), device=self.info.device)
+            for batch in batches:
+                with self._autocast():
+                    total += self.pipeline.step(batch.input_ids, batch.labels,
+                                                batch.position_ids, batch.cu_seqlens,
+                                                token_count=step_tokens).loss
+            return total
         total = torch.zeros((), device=self.info.device)
         for i, batch in enumerate(batches):
             last = i == len(batches) - 1
@@ -147,7 +172,7 @@ class Trainer:
                   f"{self.info.world_size} rank(s), peak {self.peak / 1e12:.2f} TFLOP/s "
                   f"({self.peak_name}), from step {self.step}", file=sys.stderr)
         tokens_per_step = (cfg.data.batch_size * cfg.data.seq_len * cfg.grad_accum
-                           * self.info.world_size)
+                           * self.data_world)
         data = iter(self.loader)
         window_start, window_steps = time.perf_counter(), 0
         while self.step < cfg.steps:
@@ -170,6 +195,10 @@ class Trainer:
             if self.mode == "deepspeed":
                 self.train_model.step()
                 grad_norm = float(self.train_model.get_global_grad_norm() or 0.0)
+            elif self.pipeline is not None:
+                grad_norm = self.pipeline.clip_grad_norm_(cfg.optim.max_grad_norm)
+                self.optimizer.step()
+                self.optimizer.zero_grad(set_to_none=True)
             else:
                 norm = self.optimizer.step()
                 grad_norm = float(norm) if norm is not None else 0.0
@@ -231,14 +260,19 @@ class Trainer:
         self.train_model.eval()
         total = torch.zeros(2, dtype=torch.float64, device=self.info.device)
         with PackedLoader(cfg.data.eval_tokens, cfg.data.seq_len, cfg.data.batch_size,
-                          seed=cfg.data.seed, rank=self.info.rank,
-                          world_size=self.info.world_size, prefetch=0) as loader:
+                          seed=cfg.data.seed, rank=self.data_rank,
+                          world_size=self.data_world, prefetch=0) as loader:
             for i, batch in enumerate(loader):
                 if i == cfg.data.eval_batches:
                     break
                 batch = batch.to(self.info.device)
                 n = int((batch.labels != IGNORE).sum())
-                total[0] += float(self.micro_loss(batch, 1))
+                if self.pipeline is not None:
+                    total[0] += self.pipeline.evaluate(batch.input_ids, batch.labels,
+                                                       batch.position_ids, batch.cu_seqlens,
+                                                       token_count=1)
+                else:
+                    total[0] += float(self.micro_loss(batch, 1))
                 total[1] += n
         if self.info.world_size > 1:
             dist.all_reduce(total)

@@ -5,6 +5,11 @@ its fake (meta) kernel so ``torch.compile`` traces through it, and a pure-PyTorc
 tests compare against.
 """
 
+from engine.ops.attention import (
+    attention_reference,
+    flash_attention,
+    flash_attention_with_lse,
+)
 from engine.ops.fused_adamw import (
     fused_adamw_,
     fused_adamw_reference_,
@@ -12,4 +17,12 @@ from engine.ops.fused_adamw import (
     total_norm_reference,
 )
 
-__all__ = ["fused_adamw_", "fused_adamw_reference_", "total_norm", "total_norm_reference"]
+__all__ = [
+    "attention_reference",
+    "flash_attention",
+    "flash_attention_with_lse",
+    "fused_adamw_",
+    "fused_adamw_reference_",
+    "total_norm",
+    "total_norm_reference",
+]
