@@ -15,7 +15,8 @@ import torch
 from engine.model.config import ModelConfig
 from engine.model.transformer import Transformer
 
-_LAYER_NAMES = {
+# Our per-block parameter names -> the Hugging Face Llama layout (PEFT adapters use them too).
+LAYER_NAMES = {
     "attn_norm.weight": "input_layernorm.weight",
     "attn.wq.weight": "self_attn.q_proj.weight",
     "attn.wk.weight": "self_attn.k_proj.weight",
@@ -61,7 +62,7 @@ def to_hf_state_dict(model: Transformer) -> dict[str, torch.Tensor]:
                 out["lm_head.weight"] = tensor
         else:
             _, i, rest = name.split(".", 2)
-            out[f"model.layers.{i}.{_LAYER_NAMES[rest]}"] = tensor
+            out[f"model.layers.{i}.{LAYER_NAMES[rest]}"] = tensor
     return out
 
 
@@ -110,7 +111,7 @@ def import_hf(path: str | Path, attention: str = "crucible") -> Transformer:
     tensors: dict[str, torch.Tensor] = {}
     for f in files:
         tensors.update(load_file(str(f)))
-    inverse = {v: k for k, v in _LAYER_NAMES.items()}
+    inverse = {v: k for k, v in LAYER_NAMES.items()}
     state: dict[str, torch.Tensor] = {}
     for name, tensor in tensors.items():
         if name == "model.embed_tokens.weight":
