@@ -79,20 +79,31 @@ def main() -> int:
         ours_s, ref_s = [], []
         tokens = 0
         for r in range(repeats):
-            out = tmp / f"ours{r}"
-            start = time.perf_counter()
-            summary = run_tokenize(TokenizeConfig(sources=[Source("src", str(src))],
-                                                  output=str(out), tokenizer=str(tok_path)),
-                                   show_progress=False)
-            ours_s.append(time.perf_counter() - start)
-            ref = tmp / f"ref{r}"
-            start = time.perf_counter()
-            tokens = reference_tokenize(shards, tok_path, ref)
-            ref_s.append(time.perf_counter() - start)
-            assert tokens == summary.tokens
+            out, ref = tmp / f"ours{r}", tmp / f"ref{r}"
+
+            def run_ours():
+                start = time.perf_counter()
+                summary = run_tokenize(TokenizeConfig(sources=[Source("src", str(src))],
+                                                      output=str(out), tokenizer=str(tok_path)),
+                                       show_progress=False)
+                ours_s.append(time.perf_counter() - start)
+                return summary.tokens
+
+            def run_ref():
+                start = time.perf_counter()
+                n = reference_tokenize(shards, tok_path, ref)
+                ref_s.append(time.perf_counter() - start)
+                return n
+
+            # alternate which side goes first, so a change in machine load hits both alike
+            first, second = (run_ours, run_ref) if r % 2 == 0 else (run_ref, run_ours)
+            counts = {first(), second()}
+            if len(counts) != 1:
+                raise SystemExit(f"bench/tokenize_shards: token counts differ: {counts}")
+            tokens = counts.pop()
             for p in sorted((ref / "src").iterdir()):
                 if p.read_bytes() != (out / "src" / p.name).read_bytes():
-                    raise SystemExit(f"bench/tokenize: {p.name} differs from the reference")
+                    raise SystemExit(f"bench/tokenize_shards: {p.name} differs from the reference")
             shutil.rmtree(out)
             shutil.rmtree(ref)
         ours, ref = float(np.median(ours_s)), float(np.median(ref_s))
