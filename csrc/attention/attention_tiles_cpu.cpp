@@ -93,6 +93,7 @@ CRUCIBLE_AVX512 inline void gemm_block(int64_t K, const float* a, int64_t a_sm, 
       acc[r][v] = accumulate ? _mm512_loadu_ps(c + r * ldc + 16 * v) : _mm512_setzero_ps();
     }
   }
+#pragma GCC unroll 8
   for (int64_t k = 0; k < K; ++k) {
     __m512 bv[NV];
     for (int v = 0; v < NV; ++v) bv[v] = _mm512_loadu_ps(b + k * ldb + 16 * v);
@@ -149,10 +150,9 @@ CRUCIBLE_AVX512 void gemm_avx512(int64_t M, int64_t N, int64_t K, const float* a
 }
 
 CRUCIBLE_AVX512 inline __m512 exp2_ps(__m512 x) {
-  // Below -149 the result is 0 (this also maps -inf, the masked scores, to 0).
+  // Below -149 (and for -inf, the masked scores) the result is 0: those lanes are zeroed by
+  // the final masked scalef, whatever the polynomial made of them. Above 128 scalef gives inf.
   const __mmask16 live = _mm512_cmp_ps_mask(x, _mm512_set1_ps(-149.0f), _CMP_GE_OQ);
-  x = _mm512_max_ps(x, _mm512_set1_ps(-150.0f));
-  x = _mm512_min_ps(x, _mm512_set1_ps(128.0f));
   const __m512 n = _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   const __m512 f = _mm512_sub_ps(x, n);  // [-0.5, 0.5]
   // 2^f = e^(f ln 2): Taylor coefficients ln2^k / k!, k = 0..7 (error < 1e-8 on the range).
@@ -273,6 +273,15 @@ CRUCIBLE_AMX void amx_gemm(int64_t M, int64_t N, int64_t K, const uint16_t* a, i
       _tile_stored(2, c1, sc);
       _tile_stored(3, c1 + 16, sc);
     }
+  }
+}
+
+// One instruction per 16 values where the CPU has AVX512-BF16 (every AMX CPU does).
+__attribute__((target("avx512f,avx512bf16"))) void to_bf16_native(const float* src,
+                                                                   uint16_t* dst, int64_t n) {
+  for (int64_t i = 0; i < n; i += 16) {
+    const __m256bh r = _mm512_cvtneps_pbh(_mm512_loadu_ps(src + i));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + i), reinterpret_cast<const __m256i&>(r));
   }
 }
 
@@ -418,6 +427,8 @@ void amx_gemm_bf16(int64_t M, int64_t N, int64_t K, const uint16_t* a, int64_t l
 
 void to_bf16(const float* src, uint16_t* dst, int64_t n) {
 #if CRUCIBLE_HAVE_AVX512_PATH
+  static const bool native = __builtin_cpu_supports("avx512bf16") != 0;
+  if (native) return to_bf16_native(src, dst, n);
   to_bf16_avx512(src, dst, n);
 #endif
 }

@@ -11,7 +11,9 @@
 //     of 32): raw bf16 panels in the layouts the AMX tile loads want, fp32 accumulation, the
 //     scale applied to the fp32 scores (see forward_amx and backward_amx below).
 // Packing is one pass over the inputs, whatever their dtype and strides; after it every tile
-// operation reads contiguous memory.
+// operation reads contiguous memory. Packing a (sequence, kv head) and the tile tasks that
+// need it share one parallel region (run_after_prep): a task starts as soon as its panels are
+// ready, with no barrier in between.
 //
 // Forward: one task per (sequence, query head, tile of kQueryTile queries), run on ATen's
 // OpenMP threads that take tasks from a shared counter, largest first (causal tiles near the
@@ -33,9 +35,13 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <cstdlib>
+#include <functional>
 #include <limits>
 #include <memory>
 #include <numeric>
+#include <string_view>
+#include <thread>
 #include <vector>
 
 #include <ATen/Dispatch.h>
@@ -121,9 +127,6 @@ struct PanelLayout {
 // Below this many multiply-adds a call runs on the calling thread: waking the pool costs more.
 constexpr int64_t kMinParallelWork = int64_t{1} << 18;
 
-// Grain for at::parallel_for over items of `work` multiply-adds each.
-int64_t grain_for(int64_t work) { return std::max<int64_t>(1, kMinParallelWork / std::max<int64_t>(1, work)); }
-
 // Runs fn(task) for every task id in `order` on ATen's threads, each thread taking the next
 // task from a shared counter (dynamic scheduling: tasks differ in cost under causal masks).
 // `work` is the total multiply-adds, to keep small problems on the calling thread.
@@ -208,42 +211,71 @@ bool block_needs_mask(const AttentionProblem& p, int64_t r0, int64_t nr, int64_t
   return false;
 }
 
-// Packs k (or v) of every (sequence, kv head) as fp32/fp64 panels: row-major (padded_len x dp)
-// when `transpose` is false, blocks of (dp x kPanelBlock) when true. Padding is zero.
+// Runs every job of `jobs` in one parallel region (dynamic scheduling). The passes before and
+// after the tile loops are grouped this way because every region ends in a barrier, and a
+// barrier waits for the slowest thread: on a busy machine, for a thread that lost its core.
+void run_jobs(const std::vector<std::function<void()>>& jobs, int64_t work) {
+  std::vector<int64_t> order(jobs.size());
+  std::iota(order.begin(), order.end(), 0);
+  run_tasks(order, work, [&](int64_t i) { jobs[i](); });
+}
+
+// Runs the jobs of `prep`, then the tasks of `order`, in a single parallel region: task t waits
+// (yielding) until prep job need(t) has finished. Every prep job is handed out before any task,
+// so a task only ever waits for a job some thread is already running. This saves both passes
+// the barrier between packing and computing.
+template <typename Need, typename Fn>
+void run_after_prep(const std::vector<std::function<void()>>& prep,
+                    const std::vector<int64_t>& order, Need&& need, int64_t work, Fn&& fn) {
+  const int64_t n_prep = static_cast<int64_t>(prep.size());
+  std::unique_ptr<std::atomic<bool>[]> done(new std::atomic<bool>[n_prep]);
+  for (int64_t i = 0; i < n_prep; ++i) done[i].store(false, std::memory_order_relaxed);
+  std::vector<int64_t> all(n_prep);
+  std::iota(all.begin(), all.end(), 0);
+  for (int64_t task : order) all.push_back(n_prep + task);
+  run_tasks(all, work, [&](int64_t id) {
+    if (id < n_prep) {
+      prep[id]();
+      done[id].store(true, std::memory_order_release);
+      return;
+    }
+    const int64_t task = id - n_prep;
+    const int64_t dep = need(task);
+    while (!done[dep].load(std::memory_order_acquire)) std::this_thread::yield();
+    fn(task);
+  });
+}
+
+// Packs panel (s, h) of k, v, q or dO as fp32/fp64: row-major (padded_len x dp) when
+// `transpose` is false, blocks of (dp x kPanelBlock) when true, times `scale`. Padding is zero.
 template <typename scalar_t, typename A>
-void pack_panels(const at::Tensor& t, const AttentionProblem& p, const PanelLayout& layout,
-                 int64_t heads, bool transpose, A scale, A* out) {
+void pack_panel(const at::Tensor& t, const AttentionProblem& p, const PanelLayout& layout,
+                int64_t heads, bool transpose, A scale, A* out, int64_t s, int64_t h) {
   const TokenView view(t, p);
   const scalar_t* base = t.const_data_ptr<scalar_t>();
   const int64_t D = p.head_dim, dp = layout.dp;
-  at::parallel_for(0, p.batch * heads, grain_for(p.max_len * dp), [&](int64_t begin, int64_t end) {
-    for (int64_t task = begin; task < end; ++task) {
-      const int64_t s = task / heads, h = task % heads;
-      const int64_t len = p.lengths[s], lp = layout.padded_len[s];
-      constexpr int64_t W = kPanelBlock;
-      A* panel = out + layout.panel(s, h, heads);
-      // Zero the padding only: the last partial block of keys, and lanes D..dp of the rest.
-      const int64_t full = transpose ? len / W * W : len;
-      std::fill(panel + full * dp, panel + lp * dp, A(0));
-      if (D < dp) {
-        for (int64_t j = 0; j < full; j += transpose ? W : 1) {
-          A* pad = panel + j * dp + (transpose ? D * W : D);
-          std::fill(pad, pad + (transpose ? (dp - D) * W : dp - D), A(0));
-        }
-      }
-      for (int64_t pos = 0; pos < len; ++pos) {
-        const scalar_t* src = base + view.offset(s, pos, h);
-        if (transpose) {
-          for (int64_t d = 0; d < D; ++d) {
-            panel[(pos / W * dp + d) * W + pos % W] = static_cast<A>(src[d * view.dim_stride]) * scale;
-          }
-        } else {
-          A* dst = panel + pos * dp;
-          for (int64_t d = 0; d < D; ++d) dst[d] = static_cast<A>(src[d * view.dim_stride]) * scale;
-        }
-      }
+  const int64_t len = p.lengths[s], lp = layout.padded_len[s];
+  constexpr int64_t W = kPanelBlock;
+  A* panel = out + layout.panel(s, h, heads);
+  // Zero the padding only: the last partial block of keys, and lanes D..dp of the rest.
+  const int64_t full = transpose ? len / W * W : len;
+  std::fill(panel + full * dp, panel + lp * dp, A(0));
+  if (D < dp) {
+    for (int64_t j = 0; j < full; j += transpose ? W : 1) {
+      A* pad = panel + j * dp + (transpose ? D * W : D);
+      std::fill(pad, pad + (transpose ? (dp - D) * W : dp - D), A(0));
     }
-  });
+  }
+  for (int64_t pos = 0; pos < len; ++pos) {
+    const scalar_t* src = base + view.offset(s, pos, h);
+    if (transpose) {
+      A* dst = panel + pos / W * dp * W + pos % W;
+      for (int64_t d = 0; d < D; ++d) dst[d * W] = static_cast<A>(src[d * view.dim_stride]) * scale;
+    } else {
+      A* dst = panel + pos * dp;
+      for (int64_t d = 0; d < D; ++d) dst[d] = static_cast<A>(src[d * view.dim_stride]) * scale;
+    }
+  }
 }
 
 // ------------------------------------------------------------------------------------------
@@ -257,8 +289,15 @@ void forward_impl(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
   const int64_t group = Hq / Hkv;
   const auto kt = uninitialized<A>(layout.size(Hkv));
   const auto vp = uninitialized<A>(layout.size(Hkv));
-  pack_panels<scalar_t, A>(k, p, layout, Hkv, /*transpose=*/true, A(1), kt.get());
-  pack_panels<scalar_t, A>(v, p, layout, Hkv, /*transpose=*/false, A(1), vp.get());
+  std::vector<std::function<void()>> prep;  // job s * Hkv + h packs K^T and V of (s, h)
+  for (int64_t s = 0; s < p.batch; ++s) {
+    for (int64_t h = 0; h < Hkv; ++h) {
+      prep.emplace_back([&, s, h] {
+        pack_panel<scalar_t, A>(k, p, layout, Hkv, /*transpose=*/true, A(1), kt.get(), s, h);
+        pack_panel<scalar_t, A>(v, p, layout, Hkv, /*transpose=*/false, A(1), vp.get(), s, h);
+      });
+    }
+  }
 
   // Tasks: (sequence, head, query tile), costed by the keys they visit.
   std::vector<int64_t> task_seq, task_head, task_row, cost;
@@ -283,7 +322,8 @@ void forward_impl(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
   const A ninf = -std::numeric_limits<A>::infinity();
 
   const int64_t work = std::accumulate(cost.begin(), cost.end(), int64_t{0}) * kQueryTile * dp;
-  run_tasks(by_cost(cost), work, [&](int64_t task) {
+  const auto need = [&](int64_t task) { return task_seq[task] * Hkv + task_head[task] / group; };
+  run_after_prep(prep, by_cost(cost), need, work, [&](int64_t task) {
     thread_local std::vector<A> scratch;
     scratch.resize(kQueryTile * dp * 2 + kQueryTile * kKeyBlock + 2 * kQueryTile);
     A* qs = scratch.data();             // (nr x dp) scaled queries
@@ -364,9 +404,13 @@ static_assert(kAmxKeyStep % kPanelBlock == 0);
 
 using cpu::amx_gemm_bf16;
 
+// CRUCIBLE_ATTENTION_AMX=0 in the environment keeps bfloat16 on the fp32 tiles (read on every
+// call, so tests can check both paths on an AMX machine).
 bool amx_applies(const at::Tensor& q, const AttentionProblem& p) {
-  return q.scalar_type() == at::kBFloat16 && round_up(p.head_dim, kLanes) % 32 == 0 &&
-         cpu::amx_available();
+  if (q.scalar_type() != at::kBFloat16 || round_up(p.head_dim, kLanes) % 32 != 0) return false;
+  const char* flag = std::getenv("CRUCIBLE_ATTENTION_AMX");
+  if (flag != nullptr && std::string_view(flag) == "0") return false;
+  return cpu::amx_available();
 }
 
 // Layouts of raw bf16 panels (padded_len x dp values per (sequence, head), zero padding):
@@ -395,27 +439,23 @@ Bf16Placement bf16_placement(Bf16Layout layout, int64_t j, int64_t dp) {
   return {0, 0, 0};
 }
 
+// Packs panel (s, h) of a bfloat16 tensor in `kind`'s layout, zero padding included.
 void pack_bf16(const at::Tensor& t, const AttentionProblem& p, const PanelLayout& layout,
-               int64_t heads, Bf16Layout kind, uint16_t* out) {
+               int64_t heads, Bf16Layout kind, uint16_t* out, int64_t s, int64_t h) {
   const TokenView view(t, p);
   const uint16_t* base = reinterpret_cast<const uint16_t*>(t.const_data_ptr<at::BFloat16>());
   const int64_t D = p.head_dim, dp = layout.dp;
-  at::parallel_for(0, p.batch * heads, grain_for(p.max_len * dp), [&](int64_t begin, int64_t end) {
-    for (int64_t task = begin; task < end; ++task) {
-      const int64_t s = task / heads, h = task % heads;
-      uint16_t* panel = out + layout.panel(s, h, heads);
-      std::fill(panel, panel + layout.padded_len[s] * dp, uint16_t{0});
-      for (int64_t j = 0; j < p.lengths[s]; ++j) {
-        const uint16_t* src = base + view.offset(s, j, h);
-        const Bf16Placement at = bf16_placement(kind, j, dp);
-        uint16_t* dst = panel + at.base;
-        for (int64_t d = 0; d < D; d += 2, dst += at.stride) {
-          dst[0] = src[d * view.dim_stride];
-          if (d + 1 < D) dst[at.odd_offset] = src[(d + 1) * view.dim_stride];
-        }
-      }
+  uint16_t* panel = out + layout.panel(s, h, heads);
+  std::fill(panel, panel + layout.padded_len[s] * dp, uint16_t{0});
+  for (int64_t j = 0; j < p.lengths[s]; ++j) {
+    const uint16_t* src = base + view.offset(s, j, h);
+    const Bf16Placement at = bf16_placement(kind, j, dp);
+    uint16_t* dst = panel + at.base;
+    for (int64_t d = 0; d < D; d += 2, dst += at.stride) {
+      dst[0] = src[d * view.dim_stride];
+      if (d + 1 < D) dst[at.odd_offset] = src[(d + 1) * view.dim_stride];
     }
-  });
+  }
 }
 
 void forward_amx(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
@@ -426,8 +466,15 @@ void forward_amx(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
   constexpr int64_t W = kPanelBlock;
   const auto kpairs = uninitialized<uint16_t>(layout.size(Hkv));
   const auto vpairs = uninitialized<uint16_t>(layout.size(Hkv));
-  pack_bf16(k, p, layout, Hkv, Bf16Layout::kPairsDim, kpairs.get());
-  pack_bf16(v, p, layout, Hkv, Bf16Layout::kPairsTokens, vpairs.get());
+  std::vector<std::function<void()>> prep;  // job s * Hkv + h packs K and V of (s, h)
+  for (int64_t s = 0; s < p.batch; ++s) {
+    for (int64_t h = 0; h < Hkv; ++h) {
+      prep.emplace_back([&, s, h] {
+        pack_bf16(k, p, layout, Hkv, Bf16Layout::kPairsDim, kpairs.get(), s, h);
+        pack_bf16(v, p, layout, Hkv, Bf16Layout::kPairsTokens, vpairs.get(), s, h);
+      });
+    }
+  }
 
   std::vector<int64_t> task_seq, task_head, task_row, cost;
   for (int64_t s = 0; s < p.batch; ++s) {
@@ -449,8 +496,8 @@ void forward_amx(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
   const float c = static_cast<float>(p.scale * kLog2e);
   const float ninf = -std::numeric_limits<float>::infinity();
   const int64_t work = std::accumulate(cost.begin(), cost.end(), int64_t{0}) * kQueryTile * dp;
-
-  run_tasks(by_cost(cost), work, [&](int64_t task) {
+  const auto need = [&](int64_t task) { return task_seq[task] * Hkv + task_head[task] / group; };
+  run_after_prep(prep, by_cost(cost), need, work, [&](int64_t task) {
     thread_local std::vector<float> fscratch;
     thread_local std::vector<uint16_t> hscratch;
     constexpr int64_t S = kAmxKeyStep;
@@ -510,7 +557,9 @@ void forward_amx(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
       const float inv = 1.0f / l[r];
       at::BFloat16* dst = obase + ov.offset(s, r0 + r, h);
       const float* o = acc + r * dp;
-      for (int64_t d = 0; d < D; ++d) dst[d * ov.dim_stride] = static_cast<at::BFloat16>(o[d] * inv);
+      for (int64_t d = 0; d < D; ++d) {
+        dst[d * ov.dim_stride] = static_cast<at::BFloat16>(o[d] * inv);
+      }
       const int64_t lse_index = p.varlen ? h * lse.size(1) + p.starts[s] + r0 + r
                                          : (s * Hq + h) * p.max_len + r0 + r;
       lbase[lse_index] = (m[r] + std::log2(l[r])) * static_cast<float>(kLn2);
@@ -539,37 +588,51 @@ void backward_impl(const at::Tensor& grad_out, const at::Tensor& q, const at::Te
   const auto vtp = uninitialized<A>(layout.size(Hkv));
   const auto lse2 = uninitialized<A>(layout.total_rows * Hq);
   const auto delta = uninitialized<A>(layout.total_rows * Hq);
-  pack_panels<scalar_t, A>(q, p, layout, Hq, false, qscale, qs.get());
-  pack_panels<scalar_t, A>(grad_out, p, layout, Hq, false, A(1), dop.get());
-  pack_panels<scalar_t, A>(k, p, layout, Hkv, false, A(1), kp.get());
-  pack_panels<scalar_t, A>(k, p, layout, Hkv, true, A(1), ktp.get());
-  pack_panels<scalar_t, A>(v, p, layout, Hkv, true, A(1), vtp.get());
-  {
-    const TokenView ov(out, p);
-    const scalar_t* obase = out.const_data_ptr<scalar_t>();
-    const A* lbase = lse.const_data_ptr<A>();
-    at::parallel_for(0, p.batch * Hq, grain_for(p.max_len * dp), [&](int64_t begin, int64_t end) {
-      for (int64_t task = begin; task < end; ++task) {
-        const int64_t s = task / Hq, h = task % Hq;
-        const int64_t rows = layout.row0[s] * Hq + h * layout.padded_len[s];
-        const A* g = dop.get() + layout.panel(s, h, Hq);
-        for (int64_t r = 0; r < p.lengths[s]; ++r) {
-          const scalar_t* o = obase + ov.offset(s, r, h);
-          A dot = 0;
-          for (int64_t d = 0; d < D; ++d) dot += g[r * dp + d] * static_cast<A>(o[d * ov.dim_stride]);
-          delta[rows + r] = dot;
-          const int64_t lse_index = p.varlen ? h * lse.size(1) + p.starts[s] + r
-                                             : (s * Hq + h) * p.max_len + r;
-          lse2[rows + r] = lbase[lse_index] * static_cast<A>(kLog2e);
+  const int64_t threads = at::get_num_threads();
+  const bool split = p.batch * Hkv < 2 * threads;  // see the units below
+  const int64_t dq_size = layout.size(Hq);
+  const int64_t copies = split ? threads : 1;
+  const auto dq_acc = uninitialized<A>(dq_size * copies);
+  // Prep job s * Hkv + hkv packs what the units of (s, hkv) read: its K, K^T, V^T and, for
+  // each query head of its group, q, dO, Delta, lse2 and zeroed dQ accumulators.
+  const TokenView ov(out, p);
+  const scalar_t* obase = out.const_data_ptr<scalar_t>();
+  const A* lbase = lse.const_data_ptr<A>();
+  std::vector<std::function<void()>> prep;
+  for (int64_t s = 0; s < p.batch; ++s) {
+    for (int64_t hkv = 0; hkv < Hkv; ++hkv) {
+      prep.emplace_back([&, s, hkv] {
+        pack_panel<scalar_t, A>(k, p, layout, Hkv, false, A(1), kp.get(), s, hkv);
+        pack_panel<scalar_t, A>(k, p, layout, Hkv, true, A(1), ktp.get(), s, hkv);
+        pack_panel<scalar_t, A>(v, p, layout, Hkv, true, A(1), vtp.get(), s, hkv);
+        for (int64_t h = hkv * group; h < (hkv + 1) * group; ++h) {
+          pack_panel<scalar_t, A>(q, p, layout, Hq, false, qscale, qs.get(), s, h);
+          pack_panel<scalar_t, A>(grad_out, p, layout, Hq, false, A(1), dop.get(), s, h);
+          const int64_t panel = layout.panel(s, h, Hq);
+          const int64_t panel_size = layout.padded_len[s] * dp;
+          for (int64_t c = 0; c < copies; ++c) {
+            std::fill_n(dq_acc.get() + c * dq_size + panel, panel_size, A(0));
+          }
+          const int64_t rows = layout.row0[s] * Hq + h * layout.padded_len[s];
+          const A* g = dop.get() + panel;
+          for (int64_t r = 0; r < p.lengths[s]; ++r) {
+            const scalar_t* o = obase + ov.offset(s, r, h);
+            A dot = 0;
+            for (int64_t d = 0; d < D; ++d) {
+              dot += g[r * dp + d] * static_cast<A>(o[d * ov.dim_stride]);
+            }
+            delta[rows + r] = dot;
+            const int64_t lse_index = p.varlen ? h * lse.size(1) + p.starts[s] + r
+                                               : (s * Hq + h) * p.max_len + r;
+            lse2[rows + r] = lbase[lse_index] * static_cast<A>(kLog2e);
+          }
         }
-      }
-    });
+      });
+    }
   }
 
   // Units of work: whole (sequence, kv head) pairs when there are enough of them to keep every
   // thread busy, else single key tiles (then dQ goes to per-thread buffers).
-  const int64_t threads = at::get_num_threads();
-  const bool split = p.batch * Hkv < 2 * threads;
   std::vector<int64_t> unit_seq, unit_head, unit_key0, unit_key1, cost;
   for (int64_t s = 0; s < p.batch; ++s) {
     const int64_t len = p.lengths[s];
@@ -589,19 +652,14 @@ void backward_impl(const at::Tensor& grad_out, const at::Tensor& q, const at::Te
       }
     }
   }
-  const int64_t dq_size = layout.size(Hq);
-  const int64_t copies = split ? threads : 1;
-  const auto dq_acc = uninitialized<A>(dq_size * copies);
-  at::parallel_for(0, dq_size * copies, 1 << 16, [&](int64_t begin, int64_t end) {
-    std::fill(dq_acc.get() + begin, dq_acc.get() + end, A(0));
-  });
   const TokenView kview(dk, p), vview(dv, p);
   scalar_t* dk_base = dk.mutable_data_ptr<scalar_t>();
   scalar_t* dv_base = dv.mutable_data_ptr<scalar_t>();
   const A dk_scale = static_cast<A>(kLn2);  // undoes the log2(e) folded into the packed q
 
   const int64_t work = std::accumulate(cost.begin(), cost.end(), int64_t{0}) * group * dp;
-  run_tasks(by_cost(cost), work, [&](int64_t unit) {
+  const auto need = [&](int64_t unit) { return unit_seq[unit] * Hkv + unit_head[unit]; };
+  run_after_prep(prep, by_cost(cost), need, work, [&](int64_t unit) {
     thread_local std::vector<A> scratch;
     scratch.resize(2 * kBwdQueryTile * kBwdKeyTile + 2 * kBwdKeyTile * dp);
     A* pt = scratch.data();                    // (nr x nc) probabilities
@@ -660,33 +718,25 @@ void backward_impl(const at::Tensor& grad_out, const at::Tensor& q, const at::Te
 
   // Write dQ (summed over the per-thread buffers when split) with the softmax scale.
   const A dq_scale = static_cast<A>(p.scale);
-  if (copies > 1) {  // sum the per-thread dQ buffers into the first
-    at::parallel_for(0, dq_size, 1 << 14, [&](int64_t begin, int64_t end) {
-      A* sum = dq_acc.get();
-      for (int64_t c = 1; c < copies; ++c) {
-        const A* part = dq_acc.get() + c * dq_size;
-        for (int64_t i = begin; i < end; ++i) sum[i] += part[i];
-      }
-    });
-  }
-  const auto write = [&](at::Tensor& dst, const A* src, int64_t heads, A scale) {
-    const TokenView view(dst, p);
-    scalar_t* base = dst.mutable_data_ptr<scalar_t>();
-    at::parallel_for(0, p.batch * heads, grain_for(p.max_len * dp), [&](int64_t begin, int64_t end) {
-      for (int64_t task = begin; task < end; ++task) {
-        const int64_t s = task / heads, h = task % heads;
-        const A* panel = src + layout.panel(s, h, heads);
+  const TokenView qview(dq, p);
+  scalar_t* dq_out = dq.mutable_data_ptr<scalar_t>();
+  std::vector<std::function<void()>> jobs;
+  for (int64_t s = 0; s < p.batch; ++s) {
+    for (int64_t h = 0; h < Hq; ++h) {
+      jobs.emplace_back([&, s, h] {
+        const A* panel = dq_acc.get() + layout.panel(s, h, Hq);
         for (int64_t pos = 0; pos < p.lengths[s]; ++pos) {
-          scalar_t* out_row = base + view.offset(s, pos, h);
-          const A* row = panel + pos * dp;
+          scalar_t* row = dq_out + qview.offset(s, pos, h);
           for (int64_t d = 0; d < D; ++d) {
-            out_row[d * view.dim_stride] = static_cast<scalar_t>(row[d] * scale);
+            A value = panel[pos * dp + d];
+            for (int64_t c = 1; c < copies; ++c) value += panel[c * dq_size + pos * dp + d];
+            row[d * qview.dim_stride] = static_cast<scalar_t>(value * dq_scale);
           }
         }
-      }
-    });
-  };
-  write(dq, dq_acc.get(), Hq, dq_scale);
+      });
+    }
+  }
+  run_jobs(jobs, copies * layout.size(Hq));
 }
 
 // ------------------------------------------------------------------------------------------
@@ -717,50 +767,60 @@ void backward_amx(const at::Tensor& grad_out, const at::Tensor& q, const at::Ten
   const auto q_pt = uninitialized<uint16_t>(layout.size(Hq));
   const auto do_pd = uninitialized<uint16_t>(layout.size(Hq));
   const auto do_pt = uninitialized<uint16_t>(layout.size(Hq));
-  pack_bf16(k, p, layout, Hkv, Bf16Layout::kRows, k_rows.get());
-  pack_bf16(k, p, layout, Hkv, Bf16Layout::kBlockedT, k_t.get());
-  pack_bf16(v, p, layout, Hkv, Bf16Layout::kRows, v_rows.get());
-  pack_bf16(q, p, layout, Hq, Bf16Layout::kPairsDim, q_pd.get());
-  pack_bf16(q, p, layout, Hq, Bf16Layout::kPairsTokens, q_pt.get());
-  pack_bf16(grad_out, p, layout, Hq, Bf16Layout::kPairsDim, do_pd.get());
-  pack_bf16(grad_out, p, layout, Hq, Bf16Layout::kPairsTokens, do_pt.get());
-
   // Per query row (padded rows included): lse * log2(e) (+inf on padding, so P^T is 0 there)
   // and Delta = rowsum(dO * O) (0 on padding).
   const auto lse2 = uninitialized<float>(layout.total_rows * Hq);
   const auto delta = uninitialized<float>(layout.total_rows * Hq);
-  {
-    const TokenView gv(grad_out, p), ov(out, p);
-    const at::BFloat16* gbase = grad_out.const_data_ptr<at::BFloat16>();
-    const at::BFloat16* obase = out.const_data_ptr<at::BFloat16>();
-    const float* lbase = lse.const_data_ptr<float>();
-    at::parallel_for(0, p.batch * Hq, grain_for(p.max_len * dp), [&](int64_t begin, int64_t end) {
-      for (int64_t task = begin; task < end; ++task) {
-        const int64_t s = task / Hq, h = task % Hq;
-        const int64_t rows = layout.row0[s] * Hq + h * layout.padded_len[s];
-        for (int64_t r = 0; r < layout.padded_len[s]; ++r) {
-          if (r >= p.lengths[s]) {
-            lse2[rows + r] = std::numeric_limits<float>::infinity();
-            delta[rows + r] = 0.0f;
-            continue;
+  const int64_t threads = at::get_num_threads();
+  const bool split = p.batch * Hkv < 2 * threads;  // see the units below
+  const int64_t dq_size = layout.size(Hq);
+  const int64_t copies = split ? threads : 1;
+  const auto dq_t = uninitialized<float>(dq_size * copies);  // (dp x padded_len) per head
+  // Prep job s * Hkv + hkv packs what the units of (s, hkv) read (see backward_impl).
+  const TokenView gv(grad_out, p), ov(out, p);
+  const at::BFloat16* gbase = grad_out.const_data_ptr<at::BFloat16>();
+  const at::BFloat16* obase = out.const_data_ptr<at::BFloat16>();
+  const float* lbase = lse.const_data_ptr<float>();
+  std::vector<std::function<void()>> prep;
+  for (int64_t s = 0; s < p.batch; ++s) {
+    for (int64_t hkv = 0; hkv < Hkv; ++hkv) {
+      prep.emplace_back([&, s, hkv] {
+        pack_bf16(k, p, layout, Hkv, Bf16Layout::kRows, k_rows.get(), s, hkv);
+        pack_bf16(k, p, layout, Hkv, Bf16Layout::kBlockedT, k_t.get(), s, hkv);
+        pack_bf16(v, p, layout, Hkv, Bf16Layout::kRows, v_rows.get(), s, hkv);
+        for (int64_t h = hkv * group; h < (hkv + 1) * group; ++h) {
+          pack_bf16(q, p, layout, Hq, Bf16Layout::kPairsDim, q_pd.get(), s, h);
+          pack_bf16(q, p, layout, Hq, Bf16Layout::kPairsTokens, q_pt.get(), s, h);
+          pack_bf16(grad_out, p, layout, Hq, Bf16Layout::kPairsDim, do_pd.get(), s, h);
+          pack_bf16(grad_out, p, layout, Hq, Bf16Layout::kPairsTokens, do_pt.get(), s, h);
+          const int64_t panel = layout.panel(s, h, Hq);
+          for (int64_t cpy = 0; cpy < copies; ++cpy) {
+            std::fill_n(dq_t.get() + cpy * dq_size + panel, layout.padded_len[s] * dp, 0.0f);
           }
-          const at::BFloat16* g = gbase + gv.offset(s, r, h);
-          const at::BFloat16* o = obase + ov.offset(s, r, h);
-          float dot = 0.0f;
-          for (int64_t d = 0; d < D; ++d) {
-            dot += static_cast<float>(g[d * gv.dim_stride]) * static_cast<float>(o[d * ov.dim_stride]);
+          const int64_t rows = layout.row0[s] * Hq + h * layout.padded_len[s];
+          for (int64_t r = 0; r < layout.padded_len[s]; ++r) {
+            if (r >= p.lengths[s]) {
+              lse2[rows + r] = std::numeric_limits<float>::infinity();
+              delta[rows + r] = 0.0f;
+              continue;
+            }
+            const at::BFloat16* g = gbase + gv.offset(s, r, h);
+            const at::BFloat16* o = obase + ov.offset(s, r, h);
+            float dot = 0.0f;
+            for (int64_t d = 0; d < D; ++d) {
+              dot += static_cast<float>(g[d * gv.dim_stride]) *
+                     static_cast<float>(o[d * ov.dim_stride]);
+            }
+            delta[rows + r] = dot;
+            const int64_t lse_index = p.varlen ? h * lse.size(1) + p.starts[s] + r
+                                               : (s * Hq + h) * p.max_len + r;
+            lse2[rows + r] = lbase[lse_index] * static_cast<float>(kLog2e);
           }
-          delta[rows + r] = dot;
-          const int64_t lse_index = p.varlen ? h * lse.size(1) + p.starts[s] + r
-                                             : (s * Hq + h) * p.max_len + r;
-          lse2[rows + r] = lbase[lse_index] * static_cast<float>(kLog2e);
         }
-      }
-    });
+      });
+    }
   }
 
-  const int64_t threads = at::get_num_threads();
-  const bool split = p.batch * Hkv < 2 * threads;
   std::vector<int64_t> unit_seq, unit_head, unit_key0, unit_key1, cost;
   for (int64_t s = 0; s < p.batch; ++s) {
     const int64_t len = p.lengths[s];
@@ -778,19 +838,13 @@ void backward_amx(const at::Tensor& grad_out, const at::Tensor& q, const at::Ten
       }
     }
   }
-  const int64_t dq_size = layout.size(Hq);
-  const int64_t copies = split ? threads : 1;
-  const auto dq_t = uninitialized<float>(dq_size * copies);  // (dp x padded_len) per head
-  at::parallel_for(0, dq_size * copies, 1 << 16, [&](int64_t begin, int64_t end) {
-    std::fill(dq_t.get() + begin, dq_t.get() + end, 0.0f);
-  });
   const TokenView kview(dk, p), vview(dv, p);
   at::BFloat16* dk_base = dk.mutable_data_ptr<at::BFloat16>();
   at::BFloat16* dv_base = dv.mutable_data_ptr<at::BFloat16>();
   const float dscale = static_cast<float>(p.scale);
   const int64_t work = std::accumulate(cost.begin(), cost.end(), int64_t{0}) * group * dp;
-
-  run_tasks(by_cost(cost), work, [&](int64_t unit) {
+  const auto need = [&](int64_t unit) { return unit_seq[unit] * Hkv + unit_head[unit]; };
+  run_after_prep(prep, by_cost(cost), need, work, [&](int64_t unit) {
     thread_local std::vector<float> fscratch;
     thread_local std::vector<uint16_t> hscratch;
     fscratch.resize(2 * W * W + 2 * W * dp);
@@ -852,30 +906,27 @@ void backward_amx(const at::Tensor& grad_out, const at::Tensor& q, const at::Ten
     cpu::amx_end();
   });
 
-  if (copies > 1) {
-    at::parallel_for(0, dq_size, 1 << 14, [&](int64_t begin, int64_t end) {
-      float* sum = dq_t.get();
-      for (int64_t cpy = 1; cpy < copies; ++cpy) {
-        const float* part = dq_t.get() + cpy * dq_size;
-        for (int64_t i = begin; i < end; ++i) sum[i] += part[i];
-      }
-    });
-  }
+  // dQ: sum the per-thread buffers (when split), transpose back, apply the softmax scale.
   const TokenView qview(dq, p);
   at::BFloat16* dq_out = dq.mutable_data_ptr<at::BFloat16>();
-  at::parallel_for(0, p.batch * Hq, grain_for(p.max_len * dp), [&](int64_t begin, int64_t end) {
-    for (int64_t task = begin; task < end; ++task) {
-      const int64_t s = task / Hq, h = task % Hq;
-      const float* panel = dq_t.get() + layout.panel(s, h, Hq);  // (dp x padded_len)
-      const int64_t lp = layout.padded_len[s];
-      for (int64_t pos = 0; pos < p.lengths[s]; ++pos) {
-        at::BFloat16* row = dq_out + qview.offset(s, pos, h);
-        for (int64_t d = 0; d < D; ++d) {
-          row[d * qview.dim_stride] = static_cast<at::BFloat16>(panel[d * lp + pos] * dscale);
+  std::vector<std::function<void()>> jobs;
+  for (int64_t s = 0; s < p.batch; ++s) {
+    for (int64_t h = 0; h < Hq; ++h) {
+      jobs.emplace_back([&, s, h] {
+        const float* panel = dq_t.get() + layout.panel(s, h, Hq);  // (dp x padded_len)
+        const int64_t lp = layout.padded_len[s];
+        for (int64_t pos = 0; pos < p.lengths[s]; ++pos) {
+          at::BFloat16* row = dq_out + qview.offset(s, pos, h);
+          for (int64_t d = 0; d < D; ++d) {
+            float value = panel[d * lp + pos];
+            for (int64_t cpy = 1; cpy < copies; ++cpy) value += panel[cpy * dq_size + d * lp + pos];
+            row[d * qview.dim_stride] = static_cast<at::BFloat16>(value * dscale);
+          }
         }
-      }
+      });
     }
-  });
+  }
+  run_jobs(jobs, copies * layout.size(Hq));
 }
 
 at::ScalarType lse_dtype(const at::Tensor& q) {

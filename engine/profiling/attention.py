@@ -3,10 +3,11 @@
 viewed as (B, H, T, D)), forward and forward+backward, over T = 512 ... 8192 and head dims 64
 and 128.
 
-Reports the best ms per call over interleaved repeats, the FLOP/s that implies (causal attention does half the work of full
-attention: 2 T^2 D H multiply-adds forward, 2.5x that backward), and the peak resident memory
-of one forward+backward, measured in a fresh process (with every allocation above 64 KiB
-mmapped, so freed memory leaves the resident set and the high-water mark shows the true peak).
+Reports the best ms per call over interleaved repeats, the FLOP/s that implies (causal
+attention does half the work of full attention: 2 T^2 D H floating-point operations forward,
+2.5x that backward), and the peak resident memory of one forward+backward, measured in a fresh
+process (with every allocation above 64 KiB mmapped, so freed memory leaves the resident set and
+the high-water mark shows the true peak).
 Used by ``bench/attention.py`` and ``crucible profile attention``. Imports torch lazily, so
 building the CLI parser stays torch-free.
 """

@@ -59,6 +59,23 @@ def test_error_at_most_twice_pytorch_own_error(dtype, case):
         assert ours_err <= 2 * torch_err + floor, (name, ours_err, torch_err)
 
 
+@pytest.mark.parametrize("amx", ["1", "0"])
+def test_bfloat16_paths_both_within_twice_pytorch_error(amx, monkeypatch):
+    """bfloat16 runs on AMX tiles where the CPU has them and on fp32 tiles otherwise
+    (CRUCIBLE_ATTENTION_AMX=0 forces the latter): both meet the 2x bound, packed GQA included."""
+    monkeypatch.setenv("CRUCIBLE_ATTENTION_AMX", amx)
+    cu = torch.tensor([0, 70, 71, 300], dtype=torch.int32)
+    q, k, v = make_qkv((300, 4, 64), (300, 2, 64), torch.float64, seed=11)
+    grad = torch.randn(300, 4, 64, dtype=torch.float64)
+    kw = dict(causal=True, cu_seqlens=cu, window=100)
+    exact, exact_grads = forward_backward(attention_reference, q, k, v, grad, **kw)
+    low = [t.bfloat16() for t in (q, k, v)]
+    ours, our_grads = forward_backward(flash_attention, *low, grad, **kw)
+    base, base_grads = forward_backward(attention_reference, *low, grad, **kw)
+    for got, ref, want in zip([ours, *our_grads], [base, *base_grads], [exact, *exact_grads]):
+        assert max_err(got, want) <= 2 * max_err(ref, want) + 1e-4
+
+
 @pytest.mark.parametrize(("causal", "window", "varlen"),
                          [(True, None, False), (False, None, False), (True, 3, False),
                           (True, None, True), (False, 4, True)])
