@@ -1,7 +1,7 @@
 # crucible: the two set-up commands are `make demo` and `make test`; both create .venv if it is
 # missing, install the package with its build tools, and (re)build the compiled extension.
-#   make demo        the main job: curate the bundled sample (data/sample/raw), train a tokenizer
-#                    on the result and write its token shards
+#   make demo        the main job: curate the bundled sample, tokenize it, pre-train a small
+#                    model, then SFT, reward model, DPO and eval; one HTML report
 #   make test        the test suite
 #   make bench       every benchmark in bench/, then regenerate the README's tables
 #   make cuda-check  compile every CUDA source against torch 2.14.1 (cu130) + nvcc: a compile, not a run
@@ -38,10 +38,11 @@ DEMO_MODELS := out/demo-models
 DEMO_TOKENS := out/demo-tokens
 
 # Trains the small n-gram and quality models on the sample, curates it with them, trains a
-# tokenizer on the curated shards, writes the token shards (pre-training, SFT, preference) and
-# pre-trains a small model on them (a few minutes on 2 cores), exported for transformers.
+# tokenizer on the curated shards, writes the token shards (pre-training, SFT, preference),
+# pre-trains a small model on them, exported for transformers, then `crucible demo` runs SFT,
+# reward model, DPO and eval on it and writes out/demo/index.html (~10-15 min on 2 cores).
 demo: build
-	rm -rf $(DEMO_OUT) $(DEMO_MODELS) $(DEMO_TOKENS)
+	rm -rf $(DEMO_OUT) $(DEMO_MODELS) $(DEMO_TOKENS) out/demo-stages
 	$(PY) data/extract_reference.py $(DEMO_MODELS)
 	$(VENV)/bin/crucible lm train --input $(DEMO_MODELS)/reference.parquet --output $(DEMO_MODELS)/lm-en \
 	  --order 4 --reference $(DEMO_MODELS)/web.parquet 2>/dev/null
@@ -64,6 +65,7 @@ demo: build
 	  --tokenizer $(DEMO_TOKENS)/tokenizer --output $(DEMO_TOKENS)/preference --max-length 512
 	rm -rf out/demo-train
 	$(VENV)/bin/crucible train configs/demo_pretrain.yaml --export out/demo-train/hf
+	$(VENV)/bin/crucible demo
 
 test: build
 	$(PY) -m pytest -q

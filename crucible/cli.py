@@ -151,7 +151,14 @@ def build_parser() -> argparse.ArgumentParser:
     add_plan_parser(subparsers)
     _add_profile(subparsers)
     _add_pipeline(subparsers)
+    _add_stages(subparsers)
     return parser
+
+
+def _add_stages(subparsers: argparse._SubParsersAction) -> None:
+    from stages.cli import add_stage_parsers  # torch-free until a stage runs
+
+    add_stage_parsers(subparsers)
 
 
 def _add_lm(subparsers: argparse._SubParsersAction) -> None:

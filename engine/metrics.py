@@ -8,9 +8,10 @@ import sys
 import time
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 # Dense bf16 tensor-core peaks (no sparsity), FLOP/s, by a substring of the device name.
 PEAK_FLOPS = {
@@ -30,6 +31,8 @@ def measured_cpu_peak(threads: int | None = None) -> float:
     matmuls, and never below the best measured before on this CPU and thread count (kept in
     ``~/.cache/crucible/cpu_peak.json``), so a measurement on a busy machine cannot inflate the
     MFU of later runs. Our CPU MFU is relative to this, not to a datasheet."""
+    import torch
+
     from crucible.benchmarking import cpu_name
 
     n = 2048
@@ -58,6 +61,8 @@ def measured_cpu_peak(threads: int | None = None) -> float:
 
 def device_peak(device: torch.device) -> tuple[str, float]:
     """(name, peak FLOP/s) of a device: the table for known GPUs, measured for the CPU."""
+    import torch
+
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
         for key, peak in PEAK_FLOPS.items():

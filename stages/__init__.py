@@ -9,4 +9,9 @@ full or LoRA), a Bradley–Terry reward model, DPO and its variants, and their e
     stages.reward    reward model and its loss
     stages.dpo       the DPO-family loss registry, cached reference log-probs
     stages.eval      perplexity, preference accuracy, GSM8K exact match
+    stages.ppo       PPO and GRPO (stages.rl_math: their arithmetic)
+    stages.constitutional  critique → revision preference pairs against principles (RLAIF)
+    stages.model_io  policies from HF exports or checkpoints; reward models in HF layout
+    stages.commands  the stage commands as functions (stages.cli: their command lines)
+    stages.demo      `crucible demo` (stages.demo_report: its HTML report)
 """

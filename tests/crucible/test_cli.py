@@ -55,3 +55,14 @@ def test_profile_optim_writes_results_in_the_bench_format(tmp_path):
 def test_imports_without_torch(module):
     code = f"import sys, {module}; assert 'torch' not in sys.modules, 'torch was imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_building_the_command_line_does_not_import_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys; from crucible.cli import build_parser; build_parser(); "
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout.strip()
+    assert out == "False"
