@@ -250,6 +250,9 @@ def run_dpo(model_path, examples, out_dir, config: str | None = None,
     return _write_summary(out, summary)
 
 
+PPO_EVAL_PROMPTS = 32  # held-out prompts scored before and after PPO/GRPO (same sampling seed)
+
+
 def run_ppo(model_path, reward_path, examples, out_dir, config: str | None = None,
             overrides: dict | None = None) -> dict:
     """PPO or GRPO of the policy at ``model_path`` against the reward model of ``crucible
@@ -267,7 +270,9 @@ def run_ppo(model_path, reward_path, examples, out_dir, config: str | None = Non
     prompts = read_preferences(examples).prompt_ids
     keep = _fits([len(p) + cfg.max_new_tokens for p in prompts], policy.config.max_seq_len,
                  f"{examples} (prompt + max_new_tokens)")
-    prompts = [prompts[i].tolist() for i in keep][:data.max_examples]
+    prompts = [prompts[i].tolist() for i in keep]
+    held_out = prompts[-PPO_EVAL_PROMPTS:] if len(prompts) > 2 * PPO_EVAL_PROMPTS else []
+    prompts = prompts[:len(prompts) - len(held_out)][:data.max_examples]
 
     def reward_fn(ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
@@ -283,9 +288,14 @@ def run_ppo(model_path, reward_path, examples, out_dir, config: str | None = Non
                   f"{stats['reward']:.4f}  kl {stats['kl']:.4f}  "
                   f"{time.perf_counter() - start:.1f}s", file=sys.stderr)
 
-        history = PPOTrainer(policy, reward_fn, prompts, cfg).train(log=record)
+        trainer = PPOTrainer(policy, reward_fn, prompts, cfg)
+        before = trainer.evaluate(held_out) if held_out else None
+        history = trainer.train(log=record)
+        after = trainer.evaluate(held_out) if held_out else None
     summary = {"stage": cfg.algorithm, "model": str(model_path), "reward_model": str(reward_path),
                "prompts": len(prompts), "updates": len(history),
+               "held_out_prompts": len(held_out), "held_out_before": before,
+               "held_out_after": after,
                "reward_first": history[0]["reward"], "reward_last": history[-1]["reward"],
                "kl_last": history[-1]["kl"], "seconds": time.perf_counter() - start,
                **_export_policy(policy, out, False)}

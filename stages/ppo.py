@@ -191,6 +191,27 @@ class PPOTrainer:
         return Rollout(gen, mask, old_logp, ref_logp, advantages, returns, old_values, scores,
                        kl)
 
+    @torch.no_grad()
+    def evaluate(self, prompts: list[list[int]], seed: int = 1234) -> dict[str, float]:
+        """Mean reward-model score and KL to the reference (summed over the response, k1) of
+        responses sampled with a fixed seed for ``prompts``: the same prompts and seed before
+        and after training make a held-out comparison."""
+        cfg = self.config
+        self.policy.eval()
+        gen = generate(self.policy, prompts, max_new_tokens=cfg.max_new_tokens,
+                       pad_id=cfg.pad_id, eos_id=cfg.eos_id, temperature=cfg.temperature,
+                       generator=torch.Generator().manual_seed(seed))
+        self.policy.train()
+        P = gen.prompt_length
+        mask = gen.attention_mask[:, P:].float()
+        logp, _ = sequence_logprobs(self.policy, gen.sequences, gen.attention_mask, P)
+        ref_logp, _ = sequence_logprobs(self.reference, gen.sequences, gen.attention_mask, P)
+        ids, lengths = right_padded(gen, cfg.pad_id)
+        scores = self.reward_fn(ids, lengths).float()
+        kl = (kl_penalty(logp, ref_logp, "k1") * mask).sum(1)
+        return {"reward": float(scores.mean()), "kl": float(kl.mean()),
+                "response_length": float(mask.sum(1).mean())}
+
     def update(self, rollout: Rollout) -> dict[str, float]:
         """``epochs`` optimisation passes over one rollout; returns its metrics."""
         cfg = self.config

@@ -108,3 +108,11 @@ def test_adaptive_kl_coefficient_rises_when_kl_exceeds_the_target():
     coefs = [h["kl_coef"] for h in history]  # the coefficient each update used
     moves = [(b > a) == (h["kl"] > 0.5) for a, b, h in zip(coefs, coefs[1:], history)]
     assert all(moves) and max(h["kl"] for h in history) > 0.5 > min(h["kl"] for h in history)
+
+
+def test_held_out_evaluation_is_reproducible_and_starts_at_zero_kl():
+    policy = tiny_policy()
+    prompts = [[1, 2, 3], [4, 5], [6]]
+    trainer = PPOTrainer(policy, reward_fn, prompts, PPOConfig(max_new_tokens=6))
+    first, again = trainer.evaluate(prompts, seed=5), trainer.evaluate(prompts, seed=5)
+    assert first == again and first["kl"] == 0.0 and 0 <= first["reward"] <= 1
