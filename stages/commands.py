@@ -56,10 +56,13 @@ def build_config(cls, data: dict[str, Any] | None, where: str):
     unknown = sorted(set(data) - set(fields))
     if unknown:
         raise ValueError(f"{where}: unknown key(s) {unknown}; known: {sorted(fields)}")
-    for name, sub in (("loop", LoopConfig), ("lora", LoRAConfig)):
+    from stages.adapters import BottleneckConfig, PrefixConfig
+
+    for name, sub in (("loop", LoopConfig), ("lora", LoRAConfig),
+                      ("bottleneck", BottleneckConfig), ("prefix", PrefixConfig)):
         if name in fields and isinstance(data.get(name), dict):
             data[name] = build_config(sub, data[name], f"{where}.{name}")
-    for name in ("betas", "targets", "layers"):
+    for name in ("betas", "targets", "layers", "where"):
         if isinstance(data.get(name), list):
             data[name] = tuple(data[name])
     return cls(**data)
@@ -161,11 +164,17 @@ def _write_summary(out: Path, summary: dict) -> dict:
 
 
 def _export_policy(model: torch.nn.Module, out: Path, lora: bool) -> dict[str, str]:
-    """``hf/`` (merged when LoRA) and, with LoRA, ``adapter/`` in PEFT layout."""
+    """``hf/`` (merged when LoRA) and, with LoRA, ``adapter/`` in PEFT layout; with bottleneck
+    adapters or a prefix, ``adapters/`` (our safetensors + adapters.json) and the unchanged
+    base model in ``hf/`` (these adapters do not merge into the weights)."""
     from engine.model.hf import export_hf
+    from stages.adapters import remove_adapters, save_adapters
     from stages.lora import remove_lora, save_adapter
 
     written = {}
+    if getattr(model, "adapter_config", None) is not None:
+        written["adapters"] = str(save_adapters(model, out / "adapters"))
+        remove_adapters(model)
     if lora:
         written["adapter"] = str(save_adapter(model, out / "adapter"))
         remove_lora(model, merge=True)

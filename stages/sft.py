@@ -1,6 +1,6 @@
 """Supervised fine-tuning on the examples ``crucible tokenize --kind sft`` writes: packed rows
 (varlen attention, no attention or loss across examples), the loss on the masked tokens only,
-full fine-tuning or LoRA, and multi-task mixtures with per-task sampling weights.
+full fine-tuning, LoRA, bottleneck adapters or prefix tuning, and multi-task mixtures with per-task sampling weights.
 
     examples = read_sft("out/sft")
     history = train_sft(model, examples, SFTConfig(loop=LoopConfig(steps=200, lr=2e-5)))
@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from stages.examples import SFTExamples
+from stages.adapters import BottleneckConfig, PrefixConfig, apply_bottleneck, apply_prefix
 from stages.lora import LoRAConfig, apply_lora
 from stages.loop import LoopConfig, shuffled_batches, train_loop
 from stages.packing import PackedExamples, pack_examples, token_logps
@@ -36,6 +37,10 @@ class SFTConfig:
     a set ``seq_len`` are an error, never cut)."""
     lora: LoRAConfig | None = None
     """Train LoRA adapters on a frozen model instead of every weight."""
+    bottleneck: BottleneckConfig | None = None
+    """Train bottleneck adapters instead (see stages/adapters.py)."""
+    prefix: PrefixConfig | None = None
+    """Train per-layer prefix keys/values instead (prefix tuning)."""
     pad_id: int = 0
     """Id written in the padding of a row (never attended to or trained)."""
     seed: int = 0
@@ -44,6 +49,10 @@ class SFTConfig:
     def __post_init__(self) -> None:
         if self.batch_size < 1:
             raise ValueError(f"SFTConfig.batch_size must be >= 1 (got {self.batch_size})")
+        chosen = [n for n in ("lora", "bottleneck", "prefix") if getattr(self, n) is not None]
+        if len(chosen) > 1:
+            raise ValueError(f"SFTConfig: choose one of lora, bottleneck, prefix (got "
+                             f"{', '.join(chosen)})")
         if self.seq_len is not None and self.seq_len < 2:
             raise ValueError(f"SFTConfig.seq_len must be >= 2 or None (got {self.seq_len})")
 
@@ -109,6 +118,10 @@ def train_sft(model: torch.nn.Module, data: SFTExamples | Mapping[str, SFTExampl
     ``eval_examples`` when given."""
     if config.lora is not None:
         apply_lora(model, config.lora)
+    if config.bottleneck is not None:
+        apply_bottleneck(model, config.bottleneck)
+    if config.prefix is not None:
+        apply_prefix(model, config.prefix)
     if isinstance(data, SFTExamples):
         batches = sft_batches(data, config)
     else:

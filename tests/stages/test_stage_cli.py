@@ -63,6 +63,22 @@ def test_sft_lora_writes_a_peft_adapter_and_the_merged_model(base, sft_dir, tmp_
     assert not torch.equal(merged.blocks[0].attn.wq.weight, start.blocks[0].attn.wq.weight)
 
 
+@pytest.mark.parametrize("adapter", ["bottleneck: {r: 4}", "prefix: {length: 4}"])
+def test_sft_with_bottleneck_or_prefix_writes_the_adapters_and_the_base(adapter, base, sft_dir,
+                                                                         tmp_path):
+    config = tmp_path / "sft.yaml"
+    config.write_text(adapter + "\n")
+    out = tmp_path / "adapted"
+    assert main(["sft", "--model", str(base), "--examples", str(sft_dir), "--out", str(out),
+                 "--config", str(config), "--steps", "2", "--lr", "1e-2",
+                 "--batch-size", "4"]) == 0
+    kind = adapter.split(":")[0]
+    assert json.loads((out / "adapters" / "adapters.json").read_text())["kind"] == kind
+    exported, start = import_hf(out / "hf"), import_hf(base)
+    for a, b in zip(exported.state_dict().values(), start.state_dict().values()):
+        assert torch.equal(a, b)  # the base is frozen; the adapters are separate
+
+
 def test_reward_model_round_trips_with_its_reported_accuracy(reward_out, base, pref_dir):
     from stages.reward import preference_accuracy
 
