@@ -129,6 +129,12 @@ def add_stage_parsers(subparsers: argparse._SubParsersAction) -> None:
                     help="preference pairs: how often the model's mean log-prob prefers the "
                          "chosen reply (and the reward model's accuracy with --reward-model)")
     ev.add_argument("--reward-model", metavar="DIR", help="a `crucible reward` output")
+    ev.add_argument("--reference", metavar="PATH",
+                    help="with --preference and --reward-model: the reward model's win rate of "
+                         "--model's greedy responses against this model's on the last "
+                         "--win-rate-prompts prompts (ties count half)")
+    ev.add_argument("--win-rate-prompts", type=int, default=32,
+                    help="prompts for the win rate (default 32)")
     ev.add_argument("--gsm8k", metavar="JSONL", help="GSM8K prompt/response rows: exact match "
                                                      "of greedy answers (needs --tokenizer)")
     ev.add_argument("--gsm8k-count", type=int, default=8,
@@ -224,6 +230,7 @@ def _run_eval(args: argparse.Namespace) -> int:
                  max_batches=args.max_batches, sft=args.sft, preference=args.preference,
                  reward_path=args.reward_model, gsm8k=args.gsm8k, gsm8k_count=args.gsm8k_count,
                  tokenizer=args.tokenizer, max_new_tokens=args.max_new_tokens,
+                 reference=args.reference, win_rate_prompts=args.win_rate_prompts,
                  progress=lambda msg: print(f"  {msg}"))
     except (ValueError, FileNotFoundError, KeyError) as exc:
         return _fail("eval", exc)

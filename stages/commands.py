@@ -314,6 +314,7 @@ def run_ppo(model_path, reward_path, examples, out_dir, config: str | None = Non
 def run_eval(model_path, out_dir=None, *, tokens=None, seq_len: int = 128,
              max_batches: int | None = 20, sft=None, preference=None, reward_path=None,
              gsm8k=None, gsm8k_count: int = 8, tokenizer=None, max_new_tokens: int = 128,
+             reference=None, win_rate_prompts: int = 32,
              progress: Callable[[str], None] | None = None) -> dict:
     """Whichever evaluations are given inputs: perplexity on token shards, response loss on SFT
     examples, preference accuracy (the policy's log-probs; the reward model's with
@@ -342,6 +343,12 @@ def run_eval(model_path, out_dir=None, *, tokens=None, seq_len: int = 128,
 
             rm = load_reward_model(reward_path).to(device())
             results["reward_accuracy"] = preference_accuracy(rm, pairs)
+            if reference is not None:
+                results["win_rate"] = _win_rate(model, reference, rm, preference,
+                                                win_rate_prompts, max_new_tokens)
+                say(f"reward-model win rate against {reference}: "
+                    f"{results['win_rate']['win_rate']:.3f} on "
+                    f"{results['win_rate']['prompts']} prompts")
         say(f"preference accuracy (log-probs) {results['logp_accuracy']:.3f} on {len(pairs)}")
     if gsm8k is not None:
         results["gsm8k"] = gsm8k_exact_match(model, gsm8k, gsm8k_count, tokenizer,
@@ -352,6 +359,26 @@ def run_eval(model_path, out_dir=None, *, tokens=None, seq_len: int = 128,
         Path(out_dir).mkdir(parents=True, exist_ok=True)
         (Path(out_dir) / "eval.json").write_text(json.dumps(results, indent=1) + "\n")
     return results
+
+
+def _win_rate(model, reference_path, rm, preference, count: int, max_new_tokens: int) -> dict:
+    """Reward-model win rate of ``model`` against the model at ``reference_path`` on the last
+    ``count`` prompts of the preference examples (greedy responses)."""
+    from stages.eval import reward_win_rate
+    from stages.examples import read_preferences
+
+    reference = load_policy(reference_path).to(device())
+    manifest = Path(preference) / "manifest.json"
+    eos = (json.loads(manifest.read_text())["chat_template"]["end_of_turn_id"]
+           if manifest.exists() else None)
+    limit = model.config.max_seq_len - max_new_tokens
+    prompts = [p.tolist() for p in read_preferences(preference).prompt_ids if len(p) <= limit]
+
+    def reward_fn(ids, lengths):
+        return rm(ids.to(device()), lengths.to(device()))
+
+    return reward_win_rate(model, reference, reward_fn, prompts[-count:],
+                           max_new_tokens=max_new_tokens, pad_id=0, eos_id=eos)
 
 
 def gsm8k_exact_match(model, path, count: int, tokenizer, max_new_tokens: int, exact_match

@@ -98,3 +98,32 @@ def exact_match(predictions: Sequence[str], references: Sequence[str]) -> float:
             raise ValueError(f"reference {ref[-60:]!r} holds no number; is it a GSM8K answer?")
         hits += extract_answer(pred) == gold
     return hits / len(references)
+
+
+@torch.no_grad()
+def reward_win_rate(policy: torch.nn.Module, reference: torch.nn.Module, reward_fn,
+                    prompts: list[list[int]], *, max_new_tokens: int, pad_id: int,
+                    eos_id: int | None, batch_size: int = 16) -> dict[str, float]:
+    """How often the reward model scores the policy's greedy response above the reference
+    model's for the same prompt (ties count half). ``reward_fn(ids, lengths)`` scores
+    right-padded prompt + response rows, as :class:`stages.reward.RewardModel` does."""
+    from engine.model.generate import generate
+    from stages.ppo import right_padded
+
+    if not prompts:
+        raise ValueError("win rate: no prompts")
+    scores = {"policy": [], "reference": []}
+    for name, model in (("policy", policy), ("reference", reference)):
+        was = model.training
+        model.eval()
+        for start in range(0, len(prompts), batch_size):
+            gen = generate(model, prompts[start:start + batch_size],
+                           max_new_tokens=max_new_tokens, pad_id=pad_id, eos_id=eos_id,
+                           temperature=0)
+            ids, lengths = right_padded(gen, pad_id)
+            scores[name].append(reward_fn(ids, lengths).float().cpu())
+        model.train(was)
+    ours, theirs = torch.cat(scores["policy"]), torch.cat(scores["reference"])
+    wins = (ours > theirs).float() + 0.5 * (ours == theirs).float()
+    return {"win_rate": float(wins.mean()), "policy_reward": float(ours.mean()),
+            "reference_reward": float(theirs.mean()), "prompts": len(prompts)}

@@ -158,3 +158,17 @@ def test_metrics_go_to_jsonl_and_tensorboard_and_export_loads_in_transformers(
     x = torch.randint(0, 512, (1, 16))
     with torch.no_grad():
         torch.testing.assert_close(hf(x).logits, trainer.model(x), atol=2e-5, rtol=1e-4)
+
+
+def test_pretraining_follows_the_curriculum_phases_of_a_mixture(sample_tokens, tmp_path):
+    mixture = tmp_path / "mixture.yaml"
+    mixture.write_text("seed: 3\nphases:\n"
+                       "  - {name: FOUNDATION, tokens: 1500, weights: {web: 1.0}}\n"
+                       "  - {name: REASONING, tokens: null, weights: {web: 1.0}}\n")
+    Trainer(tiny(sample_tokens, tmp_path, "steps=16", f"data.mixture={mixture}")).train()
+    phases = [json.loads(x)["phase"] for x in (tmp_path / "metrics.jsonl").read_text()
+              .splitlines()]
+    # a step reads 4 rows x 32 tokens: the 1,500-token phase ends around step 12
+    switch = phases.index("REASONING")
+    assert phases[:switch] == ["FOUNDATION"] * switch and 8 <= switch <= 14
+    assert set(phases[switch:]) == {"REASONING"}

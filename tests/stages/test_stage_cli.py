@@ -141,6 +141,22 @@ def test_eval_writes_every_requested_metric(base, heldout_tokens, sft_dir, pref_
     assert results["gsm8k"]["problems"] == 2 and results["gsm8k"]["exact_match"] == 0.0
 
 
+def test_win_rate_against_itself_is_one_half_and_against_another_model_is_measured(
+        base, pref_dir, reward_out, chat_info, tmp_path):
+    out = tmp_path / "wr"
+    args = ["eval", "--model", str(base), "--preference", str(pref_dir), "--reward-model",
+            str(reward_out), "--win-rate-prompts", "6", "--max-new-tokens", "6"]
+    assert main([*args, "--reference", str(base), "--out", str(out)]) == 0
+    same = json.loads((out / "eval.json").read_text())["win_rate"]
+    assert same["win_rate"] == 0.5 and same["prompts"] == 6
+    assert same["policy_reward"] == pytest.approx(same["reference_reward"])
+    other = export_hf(tiny_model(vocab_size=chat_info.vocab_size, seed=7), tmp_path / "other")
+    assert main([*args, "--reference", str(other), "--out", str(out)]) == 0
+    vs = json.loads((out / "eval.json").read_text())["win_rate"]
+    assert vs["reference_reward"] != pytest.approx(vs["policy_reward"])
+    assert 0 <= vs["win_rate"] <= 1
+
+
 def test_constitutional_cli_writes_pairs(base, chat_info, tmp_path):
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("Say hello.\nWhat is rain?\n")
