@@ -27,6 +27,8 @@ from engine.metrics import measured_cpu_peak
 from engine.optim import FusedAdamW
 
 ROOT = Path(__file__).resolve().parent.parent
+SMALL = {"vocab_size": 8192, "dim": 384, "n_layers": 6, "n_heads": 6, "n_kv_heads": 6,
+         "max_seq_len": 1024}
 CASES = {
     # name: (model overrides on "tiny", seq_len, batch)
     "tiny": ({}, 128, 8),
@@ -38,10 +40,11 @@ CASES = {
 }
 
 
-def make_step(model, opt, clip_native: bool):
-    """One training step on a given batch."""
+def make_step(model, opt, clip_native: bool, packed=None):
+    """One training step on a given batch (``packed``: position ids, cu_seqlens, max length of
+    documents packed into the rows, as the engine's loader produces them)."""
     def step(x, y):
-        logits = model(x)
+        logits = model(x, *packed) if packed is not None else model(x)
         loss = F.cross_entropy(logits.flatten(0, 1), y.flatten())
         loss.backward()
         if clip_native:
@@ -51,18 +54,36 @@ def make_step(model, opt, clip_native: bool):
     return step
 
 
-def measure(overrides: dict, seq_len: int, batch: int, windows: int, steps: int
-            ) -> tuple[float, float]:
+def packing(batch: int, seq_len: int, seed: int = 0):
+    """Position ids, cu_seqlens and the longest segment of rows packed with documents of
+    random lengths (64 to seq_len tokens), each row cut at its end as the loader does."""
+    rng = torch.Generator().manual_seed(seed)
+    bounds, positions = [0], []
+    for _ in range(batch):
+        filled = 0
+        while filled < seq_len:
+            n = min(int(torch.randint(64, seq_len + 1, (1,), generator=rng)), seq_len - filled)
+            positions.append(torch.arange(n))
+            filled += n
+            bounds.append(bounds[-1] + n)
+    cu = torch.tensor(bounds, dtype=torch.int32)
+    return (torch.cat(positions).view(batch, seq_len), cu, int((cu[1:] - cu[:-1]).max()))
+
+
+def measure(overrides: dict, seq_len: int, batch: int, windows: int, steps: int,
+            packed: bool = False) -> tuple[float, float]:
     """(ours, reference) median tokens/s over alternating windows."""
     config = preset("tiny", **overrides)
     torch.manual_seed(0)
     ours = Transformer(config, "crucible")
     ref = Transformer(config, "sdpa")
     ref.load_state_dict(ours.state_dict())
+    pack = packing(batch, seq_len) if packed else None
     sides = {
         "ours": make_step(ours, FusedAdamW(ours.parameters(), lr=1e-4, max_grad_norm=1.0),
-                          False),
-        "ref": make_step(ref, torch.optim.AdamW(ref.parameters(), lr=1e-4, fused=True), True),
+                          False, pack),
+        "ref": make_step(ref, torch.optim.AdamW(ref.parameters(), lr=1e-4, fused=True), True,
+                         pack),
     }
     x = torch.randint(0, config.vocab_size, (batch, seq_len))
     y = torch.randint(0, config.vocab_size, (batch, seq_len))
@@ -85,13 +106,19 @@ def main() -> int:
     windows, steps = (3, 2) if args.quick else (7, 4)
     peak = measured_cpu_peak()
     rows = []
-    for name, (overrides, seq_len, batch) in CASES.items():
-        ours, ref = measure(overrides, seq_len, batch, windows, steps)
+    cases = [(name, o, t, b, False) for name, (o, t, b) in CASES.items()]
+    # packed rows with document masking, as the engine's loader feeds training: our varlen
+    # kernel against SDPA with the equivalent boolean mask
+    cases += [("small GPT, packed documents", SMALL, 512, 4, True),
+              ("small GPT, packed documents, long context", SMALL, 1024, 2, True)]
+    for name, overrides, seq_len, batch, packed in cases:
+        ours, ref = measure(overrides, seq_len, batch, windows, steps, packed)
         fpt = flops_per_token(preset("tiny", **overrides), seq_len)
         print(f"[train] {name}: ours {ours:,.0f} tok/s, reference {ref:,.0f} tok/s",
               file=sys.stderr)
         rows.append(result(f"{name}, T={seq_len}, batch {batch}", "tokens/s", ours,
-                           "SDPA + AdamW(fused) + clip_grad_norm_", ref,
+                           "SDPA" + (" (document mask)" if packed else "")
+                           + " + AdamW(fused) + clip_grad_norm_", ref,
                            higher_is_better=True, mfu_pct=round(100 * ours * fpt / peak, 1)))
     machine = {**machine_info(), "threads": torch.get_num_threads(),
                "cpu_peak_gflops": round(peak / 1e9, 1)}
