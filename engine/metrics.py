@@ -25,8 +25,16 @@ PEAK_FLOPS = {
 }
 
 
+def measured_cpu_peak() -> float:
+    """This CPU's fp32 matmul peak on torch's current thread count (measured once per count,
+    see :func:`_cpu_peak`)."""
+    import torch
+
+    return _cpu_peak(torch.get_num_threads())
+
+
 @lru_cache(maxsize=None)
-def measured_cpu_peak(threads: int | None = None) -> float:
+def _cpu_peak(threads: int) -> float:
     """This CPU's fp32 matmul throughput (FLOP/s) on torch's threads: the best of ten 1024^3
     matmuls, and never below the best measured before on this CPU and thread count (kept in
     ``~/.cache/crucible/cpu_peak.json``), so a measurement on a busy machine cannot inflate the
@@ -44,7 +52,7 @@ def measured_cpu_peak(threads: int | None = None) -> float:
         torch.mm(a, b)
         best = min(best, time.perf_counter() - start)
     peak = 2 * n ** 3 / best
-    key = f"{cpu_name()} / {torch.get_num_threads()} threads"
+    key = f"{cpu_name()} / {threads} threads"
     cache = Path.home() / ".cache" / "crucible" / "cpu_peak.json"
     try:
         known = json.loads(cache.read_text()) if cache.exists() else {}

@@ -29,6 +29,7 @@ from torch import nn
 
 from engine.model.generate import Generation, generate
 from engine.optim import FusedAdamW
+from stages.packing import pad_right
 from stages.rl_math import (entropy, forward_padded, gae, group_advantages, kl_controller_update,
                             kl_penalty, masked_mean, policy_loss, sequence_logprobs, value_loss)
 
@@ -123,12 +124,8 @@ class Rollout:
 
 def right_padded(gen: Generation, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The real tokens of each row (prompt + response) right-padded, and their lengths."""
-    rows = [seq[m.bool()] for seq, m in zip(gen.sequences, gen.attention_mask)]
-    lengths = torch.tensor([len(r) for r in rows])
-    out = torch.full((len(rows), int(lengths.max())), pad_id, dtype=torch.long)
-    for i, r in enumerate(rows):
-        out[i, :len(r)] = r
-    return out, lengths
+    return pad_right([seq[m.bool()] for seq, m in zip(gen.sequences, gen.attention_mask)],
+                     pad_id)
 
 
 class PPOTrainer:

@@ -23,9 +23,10 @@ def test_datasets_loads_curated_shards(raw_dir, tmp_path):
                                cache_dir=str(tmp_path / "hf-cache"))
     assert len(ds) == summary.rows_kept > 0
     ours = pq.read_table(sorted(out.glob("*.parquet")))
-    assert set(ours.column_names) <= set(ds.column_names)
+    assert ds.column_names == ours.column_names  # signals (e.g. exact_dup_cluster) included
+    assert "exact_dup_cluster" in ds.column_names
     assert sorted(ds["id"]) == sorted(ours.column("id").to_pylist())
-    assert "dup_cluster" in ds.column_names or "text" in ds.column_names
+    assert sorted(ds["text"]) == sorted(ours.column("text").to_pylist())
 
 
 def test_transformers_loads_our_tokenizer(tmp_path):

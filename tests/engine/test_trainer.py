@@ -93,7 +93,8 @@ def test_guard_skips_spikes_and_nans(sample_tokens, tmp_path):
     trainer = Faulty(tiny(sample_tokens, tmp_path, "guard.min_history=5", "steps=16"))
     trainer.faults = {10: 1e3, 13: float("nan")}
     result = trainer.train()
-    assert result.guarded == {10: "spike z=" + result.guarded[10].split("=")[1], 13: "nan"}
+    assert sorted(result.guarded) == [10, 13] and result.guarded[13] == "nan"
+    assert result.guarded[10].startswith("spike z=") and float(result.guarded[10][8:]) > 6
     assert 10 not in result.losses and 13 not in result.losses
     assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
     events = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]

@@ -9,50 +9,11 @@ import subprocess
 import sys
 
 import pytest
-import torch
-import torch.nn.functional as F
-
-from engine.config import load_train_config
-from engine.data import PackedLoader
-from engine.model import Transformer
-from engine.optim import FusedAdamW
-from engine.schedule import lr_at
+from reference_training import reference_losses
 
 STEPS = 5
 ARGS = ["data.seq_len=32", "data.batch_size=4", "optim.lr=3e-3", "optim.warmup_steps=2",
         f"steps={STEPS}", "log_every=1", "tensorboard=false"]
-
-
-def reference_losses(tokens, world: int = 2) -> list[float]:
-    """One process: the same init, each rank's batch as a micro-batch, gradients averaged."""
-    cfg = load_train_config(None, [f"data.tokens={tokens}", *ARGS])
-    torch.manual_seed(cfg.seed)
-    model = Transformer(cfg.model_config(), cfg.attention)
-    decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and n != "embed.weight"]
-    rest = [p for n, p in model.named_parameters() if not (p.dim() >= 2 and n != "embed.weight")]
-    opt = FusedAdamW([{"params": decay, "weight_decay": cfg.optim.weight_decay},
-                      {"params": rest, "weight_decay": 0.0}], lr=cfg.optim.lr,
-                     betas=cfg.optim.betas, eps=cfg.optim.eps,
-                     max_grad_norm=cfg.optim.max_grad_norm)
-    loaders = [iter(PackedLoader(tokens, 32, 4, rank=r, world_size=world, prefetch=0))
-               for r in range(world)]
-    losses = []
-    for step in range(STEPS):
-        for g in opt.param_groups:
-            g["lr"] = lr_at(step, lr=cfg.optim.lr, warmup_steps=2, total_steps=STEPS,
-                            min_lr_ratio=cfg.optim.min_lr_ratio)
-        total = 0.0
-        for it in loaders:
-            b = next(it)
-            logits = model(b.input_ids, b.position_ids, b.cu_seqlens, b.max_seqlen)
-            loss = F.cross_entropy(logits.flatten(0, 1), b.labels.flatten(), ignore_index=-100,
-                                   reduction="sum") / (b.labels != -100).sum()
-            (loss / world).backward()
-            total += loss.item() / world
-        opt.step()
-        opt.zero_grad()
-        losses.append(total)
-    return losses
 
 
 def torchrun(tokens, out, parallel: str) -> list[float]:
@@ -67,7 +28,7 @@ def torchrun(tokens, out, parallel: str) -> list[float]:
 
 @pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
 def test_two_ranks_follow_the_single_process_curve(sample_tokens, tmp_path, parallel):
-    expected = reference_losses(sample_tokens)
+    expected = reference_losses(sample_tokens, ARGS, STEPS, world=2)
     got = torchrun(sample_tokens, tmp_path / parallel, parallel)
     assert got == pytest.approx(expected, rel=2e-5, abs=2e-5)
     assert expected[-1] < expected[0]
