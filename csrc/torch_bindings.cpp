@@ -7,6 +7,8 @@
 #include <torch/library.h>
 
 #include "attention/flash_attention.h"
+#include "layers/fused_layers.h"
+#include "loss/cross_entropy.h"
 #include "optim/fused_adamw.h"
 
 TORCH_LIBRARY(crucible, m) {
@@ -33,6 +35,22 @@ TORCH_LIBRARY(crucible, m) {
       "flash_attention_backward(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor out, "
       "Tensor lse, Tensor? cu_seqlens, int max_seqlen, float softmax_scale, bool causal, "
       "int window) -> (Tensor, Tensor, Tensor)");
+  // Softmax cross-entropy of each row of a chunk of logits, in place (see
+  // csrc/loss/cross_entropy.h): returns the per-row loss and, with compute_grad, leaves
+  // grad_scale * (softmax - onehot) in the logits. The kernel of linear_cross_entropy.
+  m.def(
+      "cross_entropy_rows_(Tensor(a!) logits, Tensor target, int ignore_index, "
+      "float grad_scale, bool compute_grad) -> Tensor");
+  // Fused decoder layers (see csrc/layers/fused_layers.h): RMSNorm (y, and rstd per row, for
+  // the backward), rotate-half RoPE with (B, T, 1, D) cos/sin tables, and silu(gate) * up.
+  m.def("rms_norm_forward(Tensor x, Tensor weight, float eps) -> (Tensor, Tensor)");
+  m.def(
+      "rms_norm_backward(Tensor grad_y, Tensor x, Tensor weight, Tensor rstd) "
+      "-> (Tensor, Tensor)");
+  m.def("rope_forward(Tensor x, Tensor cos, Tensor sin) -> Tensor");
+  m.def("rope_backward(Tensor grad_y, Tensor cos, Tensor sin) -> Tensor");
+  m.def("swiglu_forward(Tensor gate, Tensor up) -> Tensor");
+  m.def("swiglu_backward(Tensor grad, Tensor gate, Tensor up) -> (Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(crucible, CPU, m) {
@@ -40,6 +58,13 @@ TORCH_LIBRARY_IMPL(crucible, CPU, m) {
   m.impl("total_norm", &crucible::optim::total_norm_cpu);
   m.impl("flash_attention_forward", &crucible::attention::flash_attention_forward_cpu);
   m.impl("flash_attention_backward", &crucible::attention::flash_attention_backward_cpu);
+  m.impl("cross_entropy_rows_", &crucible::loss::cross_entropy_rows_cpu);
+  m.impl("rms_norm_forward", &crucible::layers::rms_norm_forward_cpu);
+  m.impl("rms_norm_backward", &crucible::layers::rms_norm_backward_cpu);
+  m.impl("rope_forward", &crucible::layers::rope_forward_cpu);
+  m.impl("rope_backward", &crucible::layers::rope_backward_cpu);
+  m.impl("swiglu_forward", &crucible::layers::swiglu_forward_cpu);
+  m.impl("swiglu_backward", &crucible::layers::swiglu_backward_cpu);
 }
 
 #ifdef CRUCIBLE_WITH_CUDA

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 
 from engine.checkpoint import checkpoint_dirs, load_checkpoint, save_checkpoint
 from engine.config import TrainConfig, config_to_dict
@@ -132,10 +131,9 @@ class Trainer:
         """Summed token cross-entropy of one micro-batch over the step's target tokens on this
         rank (so accumulated micro-batches give the step's per-token mean)."""
         with self._autocast():
-            logits = self.train_model(batch.input_ids, batch.position_ids, batch.cu_seqlens,
-                                      batch.max_seqlen)
-        return F.cross_entropy(logits.float().flatten(0, 1), batch.labels.flatten(),
-                               ignore_index=IGNORE, reduction="sum") / step_tokens
+            loss = self.train_model(batch.input_ids, batch.position_ids, batch.cu_seqlens,
+                                    batch.max_seqlen, labels=batch.labels)
+        return loss / step_tokens
 
     def _backward_step(self, batches: list) -> torch.Tensor:
         step_tokens = max(1, int(sum((b.labels != IGNORE).sum() for b in batches)))

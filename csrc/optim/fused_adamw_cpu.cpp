@@ -24,36 +24,14 @@
 #include <ATen/ops/empty.h>
 #include <ATen/ops/zeros.h>
 
+#include "common/cpu_simd.h"
+
 namespace crucible::optim {
 namespace {
 
-// Below this many elements per call the work runs on the calling thread: waking the pool
-// costs more than it saves.
-constexpr int64_t kMinParallelElements = 1 << 16;
-
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
-#define CRUCIBLE_SIMD_CLONES \
-  __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define CRUCIBLE_SIMD_CLONES
-#endif
-#define CRUCIBLE_INLINE inline __attribute__((always_inline))
-
-CRUCIBLE_INLINE float bf16_to_float(uint16_t h) {
-  const uint32_t u = static_cast<uint32_t>(h) << 16;
-  float f;
-  std::memcpy(&f, &u, sizeof(f));
-  return f;
-}
-
-// Round-to-nearest-even, NaN kept quiet: the same result as c10::BFloat16(float).
-CRUCIBLE_INLINE uint16_t float_to_bf16(float f) {
-  uint32_t u;
-  std::memcpy(&u, &f, sizeof(u));
-  const uint32_t rounded = (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;
-  const bool is_nan = (u & 0x7FFFFFFFu) > 0x7F800000u;
-  return is_nan ? static_cast<uint16_t>(0x7FC0u) : static_cast<uint16_t>(rounded);
-}
+using crucible::cpu::bf16_to_float;
+using crucible::cpu::float_to_bf16;
+using crucible::cpu::kMinParallelElements;
 
 // One segment of one tensor. P is the parameter storage type (float, or uint16_t for bf16).
 template <typename P, bool kMaster, bool kAmsgrad>

@@ -3,6 +3,9 @@
 Attention runs through crucible's fused op (``engine.ops.attention.flash_attention``) or, for
 comparison, through ``torch.nn.functional.scaled_dot_product_attention``; both take the packed
 (varlen) form the data loader produces, where no token attends across a document boundary.
+With ``fused=True`` RMSNorm, RoPE and the SwiGLU gate run crucible's one-pass kernels
+(``engine.ops.layers``; CPU kernels, the same torch composition elsewhere), otherwise the torch
+compositions below; the two compute the same function.
 """
 
 from __future__ import annotations
@@ -17,12 +20,17 @@ from engine.model.config import ModelConfig
 class RMSNorm(nn.Module):
     """Root-mean-square norm with a learned scale (no bias), computed in float32."""
 
-    def __init__(self, dim: int, eps: float) -> None:
+    def __init__(self, dim: int, eps: float, fused: bool = False) -> None:
         super().__init__()
         self.eps = eps
+        self.fused = fused
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fused:
+            from engine.ops.layers import rms_norm
+
+            return rms_norm(x, self.weight, self.eps)
         out = F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps)
         return out.type_as(x) * self.weight
 
@@ -64,11 +72,12 @@ def segment_mask(cu_seqlens: torch.Tensor, batch: int, seq_len: int, causal: boo
 class Attention(nn.Module):
     """Grouped-query self-attention with RoPE."""
 
-    def __init__(self, config: ModelConfig, impl: str = "crucible") -> None:
+    def __init__(self, config: ModelConfig, impl: str = "crucible", fused: bool = False) -> None:
         super().__init__()
         if impl not in ("crucible", "sdpa"):
             raise ValueError(f"attention impl must be 'crucible' or 'sdpa' (got {impl!r})")
         self.impl = impl
+        self.fused = fused
         self.n_heads, self.n_kv_heads, self.head_dim = (config.n_heads, config.n_kv_heads,
                                                          config.head_dim)
         self.window = config.window
@@ -85,7 +94,12 @@ class Attention(nn.Module):
         q = self.wq(x).view(B, T, self.n_heads, self.head_dim)       # (B, T, Hq, hd)
         k = self.wk(x).view(B, T, self.n_kv_heads, self.head_dim)    # (B, T, Hkv, hd)
         v = self.wv(x).view(B, T, self.n_kv_heads, self.head_dim)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if self.fused:
+            from engine.ops.layers import apply_rope as fused_rope
+
+            q, k = fused_rope(q, cos, sin), fused_rope(k, cos, sin)
+        else:
+            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if self.impl == "crucible":
             from engine.ops.attention import flash_attention
 
@@ -113,25 +127,30 @@ class Attention(nn.Module):
 class SwiGLU(nn.Module):
     """The gated MLP: down(silu(gate(x)) * up(x))."""
 
-    def __init__(self, dim: int, hidden: int) -> None:
+    def __init__(self, dim: int, hidden: int, fused: bool = False) -> None:
         super().__init__()
+        self.fused = fused
         self.gate = nn.Linear(dim, hidden, bias=False)
         self.up = nn.Linear(dim, hidden, bias=False)
         self.down = nn.Linear(hidden, dim, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fused:
+            from engine.ops.layers import swiglu
+
+            return self.down(swiglu(self.gate(x), self.up(x)))
         return self.down(F.silu(self.gate(x)) * self.up(x))
 
 
 class Block(nn.Module):
     """Pre-norm residual block: x + attn(norm(x)), then + mlp(norm(x))."""
 
-    def __init__(self, config: ModelConfig, attention: str) -> None:
+    def __init__(self, config: ModelConfig, attention: str, fused: bool = False) -> None:
         super().__init__()
-        self.attn_norm = RMSNorm(config.dim, config.norm_eps)
-        self.attn = Attention(config, attention)
-        self.mlp_norm = RMSNorm(config.dim, config.norm_eps)
-        self.mlp = SwiGLU(config.dim, config.ffn_dim)
+        self.attn_norm = RMSNorm(config.dim, config.norm_eps, fused)
+        self.attn = Attention(config, attention, fused)
+        self.mlp_norm = RMSNorm(config.dim, config.norm_eps, fused)
+        self.mlp = SwiGLU(config.dim, config.ffn_dim, fused)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                 cu_seqlens: torch.Tensor | None = None, max_seqlen: int | None = None

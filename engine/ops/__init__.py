@@ -16,13 +16,27 @@ from engine.ops.fused_adamw import (
     total_norm,
     total_norm_reference,
 )
+from engine.ops.layers import (
+    apply_rope,
+    apply_rope_reference,
+    rms_norm,
+    rms_norm_reference,
+    swiglu,
+    swiglu_reference,
+)
 
 __all__ = [
+    "apply_rope",
+    "apply_rope_reference",
     "attention_reference",
     "flash_attention",
     "flash_attention_with_lse",
     "fused_adamw_",
     "fused_adamw_reference_",
+    "rms_norm",
+    "rms_norm_reference",
+    "swiglu",
+    "swiglu_reference",
     "total_norm",
     "total_norm_reference",
 ]
