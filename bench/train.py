@@ -14,6 +14,7 @@ both alike; the table reports the median tokens/s of each.
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 import sys
 import time
@@ -71,8 +72,9 @@ def packing(batch: int, seq_len: int, seed: int = 0):
 
 
 def measure(overrides: dict, seq_len: int, batch: int, windows: int, steps: int,
-            packed: bool = False) -> tuple[float, float]:
-    """(ours, reference) median tokens/s over alternating windows."""
+            packed: bool = False, window_s: float = 1.0) -> tuple[float, float]:
+    """(ours, reference) median tokens/s over alternating windows of at least ``steps`` steps
+    and ``window_s`` seconds."""
     config = preset("tiny", **overrides)
     torch.manual_seed(0)
     ours = Transformer(config, "crucible")
@@ -89,6 +91,11 @@ def measure(overrides: dict, seq_len: int, batch: int, windows: int, steps: int,
     y = torch.randint(0, config.vocab_size, (batch, seq_len))
     for step in sides.values():  # warm up
         step(x, y)
+    start = time.perf_counter()
+    for step in sides.values():
+        step(x, y)
+    # windows of at least `window_s` seconds: a window of a few 10 ms steps is mostly noise
+    steps = max(steps, math.ceil(window_s * len(sides) / (time.perf_counter() - start)))
     rates: dict[str, list[float]] = {"ours": [], "ref": []}
     for _ in range(windows):
         for name, step in sides.items():
@@ -103,7 +110,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer windows and steps")
     args = parser.parse_args()
-    windows, steps = (3, 2) if args.quick else (7, 4)
+    windows, steps, window_s = (3, 2, 0.3) if args.quick else (7, 4, 1.0)
     peak = measured_cpu_peak()
     rows = []
     cases = [(name, o, t, b, False) for name, (o, t, b) in CASES.items()]
@@ -112,7 +119,7 @@ def main() -> int:
     cases += [("small GPT, packed documents", SMALL, 512, 4, True),
               ("small GPT, packed documents, long context", SMALL, 1024, 2, True)]
     for name, overrides, seq_len, batch, packed in cases:
-        ours, ref = measure(overrides, seq_len, batch, windows, steps, packed)
+        ours, ref = measure(overrides, seq_len, batch, windows, steps, packed, window_s)
         fpt = flops_per_token(preset("tiny", **overrides), seq_len)
         print(f"[train] {name}: ours {ours:,.0f} tok/s, reference {ref:,.0f} tok/s",
               file=sys.stderr)

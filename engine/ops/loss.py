@@ -125,11 +125,11 @@ class _LinearCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_loss):
+        # Scaled into new tensors (not in place) so that a second backward through the same
+        # graph (retain_graph, gradcheck, Jacobians) gets the same gradients.
         grad_hidden, grad_weight = ctx.saved_tensors
-        g_h = (grad_hidden * grad_loss.to(grad_hidden.dtype)
-               if ctx.needs_input_grad[0] else None)
-        g_w = (grad_weight * grad_loss.to(grad_weight.dtype)
-               if ctx.needs_input_grad[1] else None)
+        g_h = grad_hidden * grad_loss.to(grad_hidden.dtype) if ctx.needs_input_grad[0] else None
+        g_w = grad_weight * grad_loss.to(grad_weight.dtype) if ctx.needs_input_grad[1] else None
         return g_h, g_w, None, None, None, None, None
 
 
@@ -143,7 +143,8 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, target: tor
         weight: (V, D) output projection (the tied embedding for tied models).
         target: (...) int64 token ids; rows equal to ``ignore_index`` add no loss.
         ignore_index: the label of positions without a loss (default -100).
-        reduction: ``"mean"`` over the non-ignored rows (0 when there are none) or ``"sum"``.
+        reduction: ``"mean"`` over the non-ignored rows (0 when there are none; counting them
+            reads a value back to the host) or ``"sum"``.
         chunk_rows: rows per chunk; default about 16 MiB of float32 logits.
 
     Returns:

@@ -49,11 +49,14 @@ def test_gradcheck_float64():
     hidden, weight, target = _inputs(9, 5, 19, dtype=torch.float64, ignore_every=4)
     assert torch.autograd.gradcheck(
         lambda h, w: linear_cross_entropy(h, w, target, chunk_rows=4), (hidden, weight))
-    # the incoming gradient scales both gradients (a loss used twice, times 3)
+    # the incoming gradient scales both gradients
     loss = linear_cross_entropy(hidden, weight, target)
-    gh, = torch.autograd.grad(3 * loss, hidden)
+    gh, = torch.autograd.grad(3 * loss, hidden, retain_graph=True)
     ref, = torch.autograd.grad(3 * F.cross_entropy(hidden @ weight.T, target), hidden)
     torch.testing.assert_close(gh, ref)
+    # a second backward through the same graph gives the same gradients
+    again, = torch.autograd.grad(3 * loss, hidden)
+    torch.testing.assert_close(again, ref)
 
 
 def test_bf16_autocast_error_within_twice_torchs():
