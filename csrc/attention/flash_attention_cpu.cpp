@@ -51,6 +51,7 @@
 #include <c10/util/Half.h>
 
 #include "attention/attention_tiles_cpu.h"
+#include "common/scratch.h"
 
 namespace crucible::attention {
 namespace {
@@ -75,8 +76,8 @@ int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 // A heap array left uninitialised: the packed panels are written in full by their packing
 // pass, so zero-filling them first would be a wasted pass over memory.
 template <typename A>
-std::unique_ptr<A[]> uninitialized(int64_t n) {
-  return std::unique_ptr<A[]>(new A[n]);
+crucible::cpu::Scratch<A> uninitialized(int64_t n) {
+  return crucible::cpu::Scratch<A>(n);  // pooled: no fresh pages per call (common/scratch.h)
 }
 
 // Token addressing of one input: element (seq s, position t, head h, lane d).
@@ -266,14 +267,19 @@ void pack_panel(const at::Tensor& t, const AttentionProblem& p, const PanelLayou
       std::fill(pad, pad + (transpose ? (dp - D) * W : dp - D), A(0));
     }
   }
+  const int64_t ds = view.dim_stride;
   for (int64_t pos = 0; pos < len; ++pos) {
     const scalar_t* src = base + view.offset(s, pos, h);
     if (transpose) {
       A* dst = panel + pos / W * dp * W + pos % W;
-      for (int64_t d = 0; d < D; ++d) dst[d * W] = static_cast<A>(src[d * view.dim_stride]) * scale;
+      for (int64_t d = 0; d < D; ++d) dst[d * W] = static_cast<A>(src[d * ds]) * scale;
+    } else if (ds == 1) {  // the usual layout: a contiguous row, a loop the compiler vectorises
+      A* dst = panel + pos * dp;
+#pragma omp simd
+      for (int64_t d = 0; d < D; ++d) dst[d] = static_cast<A>(src[d]) * scale;
     } else {
       A* dst = panel + pos * dp;
-      for (int64_t d = 0; d < D; ++d) dst[d] = static_cast<A>(src[d * view.dim_stride]) * scale;
+      for (int64_t d = 0; d < D; ++d) dst[d] = static_cast<A>(src[d * ds]) * scale;
     }
   }
 }
@@ -618,8 +624,13 @@ void backward_impl(const at::Tensor& grad_out, const at::Tensor& q, const at::Te
           for (int64_t r = 0; r < p.lengths[s]; ++r) {
             const scalar_t* o = obase + ov.offset(s, r, h);
             A dot = 0;
-            for (int64_t d = 0; d < D; ++d) {
-              dot += g[r * dp + d] * static_cast<A>(o[d * ov.dim_stride]);
+            if (ov.dim_stride == 1) {
+#pragma omp simd reduction(+ : dot)
+              for (int64_t d = 0; d < D; ++d) dot += g[r * dp + d] * static_cast<A>(o[d]);
+            } else {
+              for (int64_t d = 0; d < D; ++d) {
+                dot += g[r * dp + d] * static_cast<A>(o[d * ov.dim_stride]);
+              }
             }
             delta[rows + r] = dot;
             const int64_t lse_index = p.varlen ? h * lse.size(1) + p.starts[s] + r

@@ -32,7 +32,6 @@ from engine.ops._library import load_library
 load_library()
 
 _forward_op = torch.ops.crucible.flash_attention_forward.default
-_backward_op = torch.ops.crucible.flash_attention_backward.default
 
 
 def flash_attention_with_lse(
@@ -106,22 +105,8 @@ def _backward_fake(grad_out, q, k, v, out, lse, cu_seqlens, max_seqlen, softmax_
     return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
 
 
-def _setup_context(ctx, inputs, output):
-    q, k, v, cu_seqlens, max_seqlen, softmax_scale, causal, window = inputs
-    out, lse = output
-    ctx.save_for_backward(q, k, v, out, lse, cu_seqlens)
-    ctx.options = (max_seqlen, softmax_scale, causal, window)
-    ctx.mark_non_differentiable(lse)
-
-
-def _backward(ctx, grad_out, grad_lse):
-    q, k, v, out, lse, cu_seqlens = ctx.saved_tensors
-    dq, dk, dv = _backward_op(grad_out, q, k, v, out, lse, cu_seqlens, *ctx.options)
-    return dq, dk, dv, None, None, None, None, None
-
-
-torch.library.register_autograd("crucible::flash_attention_forward", _backward,
-                                setup_context=_setup_context)
+# Autograd (backward = flash_attention_backward) is registered in C++:
+# csrc/attention/flash_attention_autograd.cpp.
 
 
 def _visible(t: int, causal: bool, window: int | None, device: torch.device) -> torch.Tensor:

@@ -5,9 +5,10 @@ Why these exist: in eager mode each of these layers is 5-15 separate ATen ops pe
 float32 and back, a reduction, several muls, a ``cat``, the activation and its backward), each
 one a full read and write of the activations. The CPU kernels in ``csrc/layers/`` make one pass
 over memory per forward and per backward (OpenMP over rows, SIMD over features, fp32 math for
-bfloat16 storage). Only CPU kernels are written: on any other device the public functions run
-the torch composition (``*_reference``), which ``torch.compile``/inductor fuses on CUDA; no CUDA
-kernel is claimed.
+bfloat16 storage); their autograd is registered in C++ (csrc/layers/fused_layers_autograd.cpp:
+a Python autograd wrapper costs more than these kernels at small sizes). Only CPU kernels are
+written: on any other device the public functions run the torch composition (``*_reference``),
+which ``torch.compile``/inductor fuses on CUDA; no CUDA kernel is claimed.
 
 Semantics, equal to ``engine.model.layers`` (the one exception: float64 inputs are computed in
 float64 instead of being rounded through float32)::
@@ -30,11 +31,8 @@ from engine.ops._library import load_library
 load_library()
 
 _rms_norm_forward_op = torch.ops.crucible.rms_norm_forward.default
-_rms_norm_backward_op = torch.ops.crucible.rms_norm_backward.default
 _rope_forward_op = torch.ops.crucible.rope_forward.default
-_rope_backward_op = torch.ops.crucible.rope_backward.default
 _swiglu_forward_op = torch.ops.crucible.swiglu_forward.default
-_swiglu_backward_op = torch.ops.crucible.swiglu_backward.default
 
 _KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float64)
 
@@ -90,23 +88,6 @@ def _rms_norm_backward_fake(grad_y, x, weight, rstd):
     return x.new_empty(x.shape), weight.new_empty(weight.shape)
 
 
-def _rms_norm_setup_context(ctx, inputs, output):
-    x, weight, _ = inputs
-    _, rstd = output
-    ctx.save_for_backward(x, weight, rstd)
-    ctx.mark_non_differentiable(rstd)
-
-
-def _rms_norm_backward(ctx, grad_y, grad_rstd):
-    x, weight, rstd = ctx.saved_tensors
-    grad_x, grad_weight = _rms_norm_backward_op(grad_y, x, weight, rstd)
-    needs_x, needs_weight, _ = ctx.needs_input_grad
-    return grad_x if needs_x else None, grad_weight if needs_weight else None, None
-
-
-torch.library.register_autograd("crucible::rms_norm_forward", _rms_norm_backward,
-                                setup_context=_rms_norm_setup_context)
-
 
 # ---- RoPE ----
 
@@ -152,19 +133,6 @@ def _rope_backward_fake(grad_y, cos, sin):
     return grad_y.new_empty(grad_y.shape)
 
 
-def _rope_setup_context(ctx, inputs, output):
-    _, cos, sin = inputs
-    ctx.save_for_backward(cos, sin)
-
-
-def _rope_backward(ctx, grad_y):
-    cos, sin = ctx.saved_tensors
-    return _rope_backward_op(grad_y, cos, sin), None, None
-
-
-torch.library.register_autograd("crucible::rope_forward", _rope_backward,
-                                setup_context=_rope_setup_context)
-
 
 # ---- SwiGLU ----
 
@@ -196,17 +164,3 @@ def _swiglu_forward_fake(gate, up):
 def _swiglu_backward_fake(grad, gate, up):
     return gate.new_empty(gate.shape), up.new_empty(up.shape)
 
-
-def _swiglu_setup_context(ctx, inputs, output):
-    ctx.save_for_backward(*inputs)
-
-
-def _swiglu_backward(ctx, grad):
-    gate, up = ctx.saved_tensors
-    grad_gate, grad_up = _swiglu_backward_op(grad, gate, up)
-    needs_gate, needs_up = ctx.needs_input_grad
-    return grad_gate if needs_gate else None, grad_up if needs_up else None
-
-
-torch.library.register_autograd("crucible::swiglu_forward", _swiglu_backward,
-                                setup_context=_swiglu_setup_context)
