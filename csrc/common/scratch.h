@@ -22,8 +22,9 @@ void scratch_release(void* ptr, std::size_t capacity);
 template <typename T>
 class Scratch {
  public:
-  explicit Scratch(int64_t n)
-      : ptr_(static_cast<T*>(scratch_acquire(static_cast<std::size_t>(n) * sizeof(T), &cap_))) {}
+  explicit Scratch(int64_t n) {
+    ptr_ = static_cast<T*>(scratch_acquire(static_cast<std::size_t>(n) * sizeof(T), &cap_));
+  }
   Scratch(Scratch&& other) noexcept
       : ptr_(std::exchange(other.ptr_, nullptr)), cap_(other.cap_) {}
   Scratch(const Scratch&) = delete;
@@ -36,8 +37,8 @@ class Scratch {
   T& operator[](int64_t i) const { return ptr_[i]; }
 
  private:
-  T* ptr_;
-  std::size_t cap_ = 0;
+  std::size_t cap_ = 0;  // set by scratch_acquire in the constructor body, after this init
+  T* ptr_ = nullptr;
 };
 
 }  // namespace crucible::cpu

@@ -111,7 +111,11 @@ def peak_memory_mb(variant: str, seqlen: int, head_dim: int, heads: int,
             "from engine.profiling.attention import _memory_child; "
             "_memory_child(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), "
             "sys.argv[6])")
-    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
+    # Our kernel keeps its scratch in a pool between calls (csrc/common/scratch.h): measured
+    # with the pool on, the warm-up call's scratch would sit in the baseline and the growth
+    # would understate the peak, so the child runs with it off (the steady-state peak of a
+    # pooled process, pool + the call's outputs, is the same amount).
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "CRUCIBLE_SCRATCH_POOL": "0"}
     proc = subprocess.run([sys.executable, "-c", code, str(threads), variant, str(seqlen),
                            str(head_dim), str(heads), dtype_name],
                           capture_output=True, text=True, env=env)
