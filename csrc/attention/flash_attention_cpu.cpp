@@ -4,9 +4,10 @@
 //   * fp32 tiles (float32, float16, bfloat16 without AMX; fp64 tiles for float64): inputs are
 //     packed once per call into fp32/fp64 panels, zero-padded to whole blocks of 64 keys and 16
 //     head-dim lanes — K^T in blocks of (D x 64) for the score GEMM, V (L x D) for P V, and for
-//     the backward also q, dO, K and V^T — and every tile step is an AVX-512 GEMM or exp2
-//     (attention_tiles_cpu.cpp). q is pre-multiplied by softmax_scale * log2(e), so the softmax
-//     needs exp2 only.
+//     the backward also q, dO (unless they are already fp32/fp64 rows filling whole lanes: then
+//     they are read in place), K and V^T — and every tile step is an AVX-512 GEMM or exp2
+//     (attention_tiles_cpu.cpp). A packed q is pre-multiplied by softmax_scale * log2(e), so the
+//     softmax needs exp2 only (a q read in place gets the factor inside the exp2 instead).
 //   * bf16 tiles on AMX (bfloat16 inputs, CPUs with AMX-BF16, head dims padding to a multiple
 //     of 32): raw bf16 panels in the layouts the AMX tile loads want, fp32 accumulation, the
 //     scale applied to the fp32 scores (see forward_amx and backward_amx below).
@@ -586,9 +587,17 @@ void backward_impl(const at::Tensor& grad_out, const at::Tensor& q, const at::Te
   const A qscale = static_cast<A>(p.scale * kLog2e);
 
   // Packed operands: queries (scaled) and dO per query head, K, K^T, V^T per kv head, and per
-  // query row lse * log2(e) and Delta = rowsum(dO * O).
-  const auto qs = uninitialized<A>(layout.size(Hq));
-  const auto dop = uninitialized<A>(layout.size(Hq));
+  // query row lse * log2(e) and Delta = rowsum(dO * O). Queries and dO already in the compute
+  // dtype, with contiguous rows that fill whole lanes (D == dp), are read in place instead:
+  // two panels less memory and packing, the score scale then applied in the exponential.
+  const TokenView qv(q, p), gv(grad_out, p);
+  const bool direct = std::is_same_v<scalar_t, A> && D == dp && qv.dim_stride == 1 &&
+                      gv.dim_stride == 1;
+  const A* q_rows = reinterpret_cast<const A*>(q.const_data_ptr<scalar_t>());
+  const A* g_rows = reinterpret_cast<const A*>(grad_out.const_data_ptr<scalar_t>());
+  const A s_scale = direct ? qscale : A(1);  // packed q carries the scale itself
+  const auto qs = uninitialized<A>(direct ? 0 : layout.size(Hq));
+  const auto dop = uninitialized<A>(direct ? 0 : layout.size(Hq));
   const auto kp = uninitialized<A>(layout.size(Hkv));
   const auto ktp = uninitialized<A>(layout.size(Hkv));
   const auto vtp = uninitialized<A>(layout.size(Hkv));
@@ -612,25 +621,25 @@ void backward_impl(const at::Tensor& grad_out, const at::Tensor& q, const at::Te
         pack_panel<scalar_t, A>(k, p, layout, Hkv, true, A(1), ktp.get(), s, hkv);
         pack_panel<scalar_t, A>(v, p, layout, Hkv, true, A(1), vtp.get(), s, hkv);
         for (int64_t h = hkv * group; h < (hkv + 1) * group; ++h) {
-          pack_panel<scalar_t, A>(q, p, layout, Hq, false, qscale, qs.get(), s, h);
-          pack_panel<scalar_t, A>(grad_out, p, layout, Hq, false, A(1), dop.get(), s, h);
+          if (!direct) {
+            pack_panel<scalar_t, A>(q, p, layout, Hq, false, qscale, qs.get(), s, h);
+            pack_panel<scalar_t, A>(grad_out, p, layout, Hq, false, A(1), dop.get(), s, h);
+          }
           const int64_t panel = layout.panel(s, h, Hq);
           const int64_t panel_size = layout.padded_len[s] * dp;
           for (int64_t c = 0; c < copies; ++c) {
             std::fill_n(dq_acc.get() + c * dq_size + panel, panel_size, A(0));
           }
           const int64_t rows = layout.row0[s] * Hq + h * layout.padded_len[s];
-          const A* g = dop.get() + panel;
           for (int64_t r = 0; r < p.lengths[s]; ++r) {
+            const A* g = direct ? g_rows + gv.offset(s, r, h) : dop.get() + panel + r * dp;
             const scalar_t* o = obase + ov.offset(s, r, h);
             A dot = 0;
             if (ov.dim_stride == 1) {
 #pragma omp simd reduction(+ : dot)
-              for (int64_t d = 0; d < D; ++d) dot += g[r * dp + d] * static_cast<A>(o[d]);
+              for (int64_t d = 0; d < D; ++d) dot += g[d] * static_cast<A>(o[d]);
             } else {
-              for (int64_t d = 0; d < D; ++d) {
-                dot += g[r * dp + d] * static_cast<A>(o[d * ov.dim_stride]);
-              }
+              for (int64_t d = 0; d < D; ++d) dot += g[d] * static_cast<A>(o[d * ov.dim_stride]);
             }
             delta[rows + r] = dot;
             const int64_t lse_index = p.varlen ? h * lse.size(1) + p.starts[s] + r
@@ -666,7 +675,9 @@ void backward_impl(const at::Tensor& grad_out, const at::Tensor& q, const at::Te
   const TokenView kview(dk, p), vview(dv, p);
   scalar_t* dk_base = dk.mutable_data_ptr<scalar_t>();
   scalar_t* dv_base = dv.mutable_data_ptr<scalar_t>();
-  const A dk_scale = static_cast<A>(kLn2);  // undoes the log2(e) folded into the packed q
+  // dK = dS^T (scale q): the packed q carries scale * log2(e), so undo the log2(e); q read in
+  // place carries nothing, so apply the scale
+  const A dk_scale = static_cast<A>(direct ? p.scale : kLn2);
 
   const int64_t work = std::accumulate(cost.begin(), cost.end(), int64_t{0}) * group * dp;
   const auto need = [&](int64_t unit) { return unit_seq[unit] * Hkv + unit_head[unit]; };
@@ -693,25 +704,29 @@ void backward_impl(const at::Tensor& grad_out, const at::Tensor& q, const at::Te
         const int64_t rows = layout.row0[s] * Hq + hq * layout.padded_len[s];
         for (int64_t r0 = i0 / kBwdQueryTile * kBwdQueryTile; r0 < i1; r0 += kBwdQueryTile) {
           const int64_t nr = std::min(kBwdQueryTile, len - r0);
-          const A* qt = qs.get() + q_panel + r0 * dp;
-          const A* gt = dop.get() + q_panel + r0 * dp;
+          // rows of q and dO: in place (row stride of the input) or in their panels
+          const A* qt = direct ? q_rows + qv.offset(s, r0, hq) : qs.get() + q_panel + r0 * dp;
+          const A* gt = direct ? g_rows + gv.offset(s, r0, hq) : dop.get() + q_panel + r0 * dp;
+          const int64_t qld = direct ? qv.tok_stride : dp, gld = direct ? gv.tok_stride : dp;
           for (int64_t b = 0; b < nc; b += kPanelBlock) {
-            tile_gemm<A>(nr, std::min(kPanelBlock, nc - b), dp, qt, dp, 1,
+            tile_gemm<A>(nr, std::min(kPanelBlock, nc - b), dp, qt, qld, 1,
                          ktp.get() + kv_panel + layout.block(c0 + b), kPanelBlock, pt + b, nc,
                          false);
           }
           if (block_needs_mask(p, r0, nr, c0, nc, len)) apply_mask(p, pt, nc, r0, nr, c0, nc, len);
-          for (int64_t r = 0; r < nr; ++r) exp2_shifted<A>(pt + r * nc, nc, lse2[rows + r0 + r]);
-          tile_gemm<A>(nc, dp, nr, pt, 1, nc, gt, dp, dvt, dp, true);
+          for (int64_t r = 0; r < nr; ++r) {
+            exp2_shifted<A>(pt + r * nc, nc, lse2[rows + r0 + r], s_scale);
+          }
+          tile_gemm<A>(nc, dp, nr, pt, 1, nc, gt, gld, dvt, dp, true);
           for (int64_t b = 0; b < nc; b += kPanelBlock) {
-            tile_gemm<A>(nr, std::min(kPanelBlock, nc - b), dp, gt, dp, 1,
+            tile_gemm<A>(nr, std::min(kPanelBlock, nc - b), dp, gt, gld, 1,
                          vtp.get() + kv_panel + layout.block(c0 + b), kPanelBlock, ds + b, nc,
                          false);
           }
           for (int64_t r = 0; r < nr; ++r) {
             softmax_grad<A>(ds + r * nc, pt + r * nc, nc, delta[rows + r0 + r]);
           }
-          tile_gemm<A>(nc, dp, nr, ds, 1, nc, qt, dp, dkt, dp, true);
+          tile_gemm<A>(nc, dp, nr, ds, 1, nc, qt, qld, dkt, dp, true);
           tile_gemm<A>(nr, dp, nc, ds, nc, 1, kp.get() + kv_panel + c0 * dp, dp,
                        dq_base + q_panel + r0 * dp, dp, true);
         }
