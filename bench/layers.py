@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from crucible.benchmarking import (machine_info, print_table, result, time_per_call,
+from crucible.benchmarking import (machine_info, peak_growth_mb, print_table, result, time_per_call,
                                    write_results)
 from engine.model.layers import rope_tables
 from engine.ops.layers import (apply_rope, apply_rope_reference, rms_norm, rms_norm_reference,
@@ -160,28 +160,17 @@ def measure(ours: Step, ref: Step, windows: int, window_s: float) -> tuple[float
     return statistics.median(ms["ours"]), statistics.median(ms["ref"])
 
 
-def _status_mb(field: str) -> float:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024
-    raise RuntimeError(f"/proc/self/status has no {field}")
-
-
 def memory_child(variant: str, tokens: int, dim: int, vocab: int) -> None:
     """Run in a fresh process: prints the peak resident growth (MB) of one forward+backward."""
     ours, ref = lce_case(tokens, dim, vocab)
     step = ours if variant == "ours" else ref
-    step()  # load the code paths once; their pages are not the step's memory
-    if variant == "ours":  # count the chunk buffer linear_cross_entropy keeps between calls
+
+    def drop_chunk_buffer():  # count the buffer linear_cross_entropy keeps between calls
         import engine.ops.loss
 
         engine.ops.loss._scratch.buffers = {}
-    base = _status_mb("VmRSS")
-    with open("/proc/self/clear_refs", "w") as refs:  # reset VmHWM to the current RSS
-        refs.write("5")
-    step()
-    print(f"{_status_mb('VmHWM') - base:.2f}")
+
+    print(f"{peak_growth_mb(step, drop_chunk_buffer if variant == 'ours' else None):.2f}")
 
 
 def peak_memory_mb(variant: str, tokens: int, dim: int, vocab: int) -> float | None:

@@ -110,3 +110,27 @@ def _fmt(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.3g}" if abs(value) < 100 else f"{value:.0f}"
     return str(value)
+
+
+def _status_mb(field: str) -> float:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError(f"/proc/self/status has no {field}")
+
+
+def peak_growth_mb(step: Callable[[], Any], before: Callable[[], Any] | None = None) -> float:
+    """Peak resident growth (MB, Linux) of one call of ``step``: it runs once first (code paths
+    and lazy state load; ``before`` then runs, e.g. to drop a cache the measured call should
+    pay for), the high-water mark is reset to the current RSS, and the second call's peak above
+    it is returned. Run it in a fresh process started with ``MALLOC_MMAP_THRESHOLD_=65536`` so
+    that freed memory leaves the RSS."""
+    step()
+    if before is not None:
+        before()
+    base = _status_mb("VmRSS")
+    with open("/proc/self/clear_refs", "w") as refs:  # reset VmHWM to the current RSS
+        refs.write("5")
+    step()
+    return _status_mb("VmHWM") - base

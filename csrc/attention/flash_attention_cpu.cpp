@@ -100,6 +100,12 @@ struct TokenView {
   }
 };
 
+// Index of query (s, pos, head h) in lse: (Hq, total tokens) packed, (B, Hq, max_len) padded.
+int64_t lse_index(const AttentionProblem& p, const at::Tensor& lse, int64_t s, int64_t h,
+                  int64_t pos) {
+  return p.varlen ? h * lse.size(1) + p.starts[s] + pos : (s * p.heads_q + h) * p.max_len + pos;
+}
+
 // Per-sequence offsets into the packed panels: sequence s occupies padded rows
 // [row0[s], row0[s] + padded_len[s]) of every head's panel (padded to whole panel blocks).
 // A row-major panel is padded_len x dp. A transposed panel is stored as blocks of
@@ -389,9 +395,7 @@ void forward_impl(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
       scalar_t* dst = obase + ov.offset(s, r0 + r, h);
       const A* o = acc + r * dp;
       for (int64_t d = 0; d < D; ++d) dst[d * ov.dim_stride] = static_cast<scalar_t>(o[d] * inv);
-      const int64_t lse_index = p.varlen ? h * lse.size(1) + p.starts[s] + r0 + r
-                                         : (s * Hq + h) * p.max_len + r0 + r;
-      lbase[lse_index] = (m[r] + std::log2(l[r])) * static_cast<A>(kLn2);
+      lbase[lse_index(p, lse, s, h, r0 + r)] = (m[r] + std::log2(l[r])) * static_cast<A>(kLn2);
     }
   });
 }
@@ -567,9 +571,8 @@ void forward_amx(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
       for (int64_t d = 0; d < D; ++d) {
         dst[d * ov.dim_stride] = static_cast<at::BFloat16>(o[d] * inv);
       }
-      const int64_t lse_index = p.varlen ? h * lse.size(1) + p.starts[s] + r0 + r
-                                         : (s * Hq + h) * p.max_len + r0 + r;
-      lbase[lse_index] = (m[r] + std::log2(l[r])) * static_cast<float>(kLn2);
+      lbase[lse_index(p, lse, s, h, r0 + r)] =
+          (m[r] + std::log2(l[r])) * static_cast<float>(kLn2);
     }
   });
 }
@@ -642,9 +645,7 @@ void backward_impl(const at::Tensor& grad_out, const at::Tensor& q, const at::Te
               for (int64_t d = 0; d < D; ++d) dot += g[d] * static_cast<A>(o[d * ov.dim_stride]);
             }
             delta[rows + r] = dot;
-            const int64_t lse_index = p.varlen ? h * lse.size(1) + p.starts[s] + r
-                                               : (s * Hq + h) * p.max_len + r;
-            lse2[rows + r] = lbase[lse_index] * static_cast<A>(kLog2e);
+            lse2[rows + r] = lbase[lse_index(p, lse, s, h, r)] * static_cast<A>(kLog2e);
           }
         }
       });
@@ -838,9 +839,7 @@ void backward_amx(const at::Tensor& grad_out, const at::Tensor& q, const at::Ten
                      static_cast<float>(o[d * ov.dim_stride]);
             }
             delta[rows + r] = dot;
-            const int64_t lse_index = p.varlen ? h * lse.size(1) + p.starts[s] + r
-                                               : (s * Hq + h) * p.max_len + r;
-            lse2[rows + r] = lbase[lse_index] * static_cast<float>(kLog2e);
+            lse2[rows + r] = lbase[lse_index(p, lse, s, h, r)] * static_cast<float>(kLog2e);
           }
         }
       });

@@ -28,10 +28,6 @@ struct Pool {
   std::mutex mu;
   std::vector<std::pair<std::size_t, void*>> free;  // (capacity, storage)
   std::size_t free_bytes = 0;
-
-  ~Pool() {
-    for (auto& [cap, ptr] : free) std::free(ptr);
-  }
 };
 
 Pool& pool() {

@@ -81,24 +81,12 @@ def _variants(q, k, v, grad) -> dict[str, dict[str, Callable[[], Any]]]:
             "fwd+bwd": {"ours": forward_backward(ours), "ref": forward_backward(sdpa)}}
 
 
-def _status_mb(field: str) -> float:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024
-    raise RuntimeError(f"/proc/self/status has no {field}")
-
-
 def _memory_child(variant: str, seqlen: int, head_dim: int, heads: int, dtype_name: str) -> None:
     """Run in a fresh process: prints the peak resident growth (MB) of one forward+backward."""
     q, k, v, grad = _tensors(seqlen, head_dim, heads, dtype_name)
-    fn = _variants(q, k, v, grad)["fwd+bwd"][variant]
-    fn()  # load the code paths once; their pages are not the call's memory
-    base = _status_mb("VmRSS")
-    with open("/proc/self/clear_refs", "w") as refs:  # reset VmHWM to the current RSS
-        refs.write("5")
-    fn()
-    print(f"{_status_mb('VmHWM') - base:.2f}")
+    from crucible.benchmarking import peak_growth_mb
+
+    print(f"{peak_growth_mb(_variants(q, k, v, grad)['fwd+bwd'][variant]):.2f}")
 
 
 def peak_memory_mb(variant: str, seqlen: int, head_dim: int, heads: int,

@@ -113,12 +113,26 @@ def test_shape_errors():
         linear_cross_entropy(hidden, weight, target, reduction="none")
 
 
-def test_no_grad_computes_only_the_loss():
+def test_no_grad_computes_only_the_loss(monkeypatch):
+    """Under no_grad (and for inputs that need no gradient) the op is asked for the loss only,
+    and then returns empty gradients."""
+    import engine.ops.loss as loss_module
+
+    asked = []
+    real = loss_module._linear_cross_entropy
+
+    def spy(*args):
+        asked.append(args[-1])
+        return real(*args)
+
+    monkeypatch.setattr(loss_module, "_linear_cross_entropy", spy)
     hidden, weight, target = _inputs(40, 8, 50)
     with torch.no_grad():
         loss = linear_cross_entropy(hidden, weight, target)
-    _, gh, gw = _linear_cross_entropy(hidden.detach(), weight.detach(), target, -100, 1.0, 16,
-                                      False)
+    linear_cross_entropy(hidden.detach(), weight.detach(), target)
+    linear_cross_entropy(hidden, weight, target)
+    assert asked == [False, False, True]
+    _, gh, gw = real(hidden.detach(), weight.detach(), target, -100, 1.0, 16, False)
     assert gh.numel() == 0 and gw.numel() == 0
     torch.testing.assert_close(loss.double(), _reference(hidden, weight, target, "mean")[0])
 
