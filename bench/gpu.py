@@ -8,7 +8,8 @@
    model on crucible's ops against the same model on torch's, tokens/s and MFU against the
    device's peak (engine.metrics.PEAK_FLOPS).
 
-Timings use CUDA events around many repeats after a warm-up (median). Without a GPU it prints
+Timings: the median over repeats of batches of calls, the device synchronised around each
+batch, after a warm-up. Without a GPU it prints
 why and exits 0 (so `make bench` can run it anywhere); `--device cpu --quick` is a smoke test
 of the script itself with tiny sizes, which writes nothing.
 
@@ -18,15 +19,14 @@ of the script itself with tiny sizes, which writes nothing.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from crucible.benchmarking import machine_info, print_table, result, write_results
+from crucible.benchmarking import (machine_info, print_table, result, time_per_call,
+                                   write_results)
 from engine.metrics import device_peak, mfu
 from engine.model import Transformer, flops_per_token, preset
 from engine.ops import flash_attention
@@ -36,23 +36,12 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def timed(fn, device: torch.device, repeats: int) -> float:
-    """Median milliseconds of ``fn()`` (CUDA events on a GPU, a host clock on the CPU)."""
+    """Median milliseconds of ``fn()`` after a warm-up, the device synchronised around each
+    timed batch of calls (crucible.benchmarking.time_per_call)."""
     for _ in range(3):
         fn()
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            torch.cuda.synchronize()
-            times.append(start.elapsed_time(end))
-        else:
-            t = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - t) * 1e3)
-    return statistics.median(times)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    return 1e3 * time_per_call(fn, iters=3, repeats=repeats, sync=sync)
 
 
 def sdpa_flash(q, k, v):
